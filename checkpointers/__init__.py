@@ -1,0 +1,77 @@
+"""LangGraph PostgreSQL savers over a psycopg-pool pool, configured the way they need.
+
+The saver needs autocommit connections that return dict rows. Server-side prepared
+statements are used unless the URL goes through a transaction-pooling proxy, where a
+statement prepared on one server connection does not exist on the next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def connection_kwargs(*, transaction_pooler: bool = False) -> dict[str, Any]:
+    """Per-connection settings for every connection a saver (or durakit) uses."""
+    return {
+        "autocommit": True,
+        "row_factory": dict_row,
+        # 0: prepare every statement on first use; None: never (transaction poolers).
+        "prepare_threshold": None if transaction_pooler else 0,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    }
+
+
+def open_pool(
+    url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit"
+) -> ConnectionPool:
+    """An open pool that checks connections before lending them and recycles old ones."""
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs=connection_kwargs(transaction_pooler=transaction_pooler),
+        check=ConnectionPool.check_connection,
+        max_idle=300,
+        max_lifetime=1800,
+        timeout=CONNECT_TIMEOUT_SECONDS * 2,
+        name=name,
+        open=False,
+    )
+    pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
+    return pool
+
+
+async def open_async_pool(
+    url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit"
+) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs=connection_kwargs(transaction_pooler=transaction_pooler),
+        check=AsyncConnectionPool.check_connection,
+        max_idle=300,
+        max_lifetime=1800,
+        timeout=CONNECT_TIMEOUT_SECONDS * 2,
+        name=name,
+        open=False,
+    )
+    await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
+    return pool
+
+
+def postgres_saver(pool: ConnectionPool) -> PostgresSaver:
+    """A sync saver on `pool`. The schema is alembic's: never call its setup() here."""
+    return PostgresSaver(pool)
+
+
+def async_postgres_saver(pool: AsyncConnectionPool) -> AsyncPostgresSaver:
+    """An async saver on `pool`, same tables and settings as `postgres_saver`."""
+    return AsyncPostgresSaver(pool)

@@ -1,0 +1,16 @@
+"""The agent templates, by name. Add yours here after copying `refund.py`."""
+
+from __future__ import annotations
+
+from durakit.errors import NotFound
+from durakit.graphs import refund
+from durakit.templates import Template
+
+TEMPLATES: dict[str, Template] = {template.name: template for template in (refund.TEMPLATE,)}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise NotFound(f"There is no template named {name!r}; `durakit templates` lists them.") from None

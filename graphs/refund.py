@@ -1,0 +1,234 @@
+"""Refund: a customer asks for money back on an order.
+
+    load_order -> check_eligibility -> issue_refund -> sync_crm -> notify_customer -> write_audit
+                                    \\-> request_approval -> await_approval -/  (approve)
+                                    \\-> notify_customer (ineligible, or rejected by a person)
+
+Small, low-risk refunds are issued on their own; anything above the auto-approval limit
+or with more than low risk waits for a person. Every step that changes an outside system
+goes through the ledger (`runtime.context.effects`), so a crash or a retry never refunds,
+logs or emails twice. Deciding happens in nodes that change nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from durakit.services import Services
+from durakit.state.refund import (
+    ApprovalAnswer,
+    RefundRequest,
+    RefundSettings,
+    RefundState,
+    initial_state,
+)
+from durakit.steps import TRANSIENT_RETRY, ask_human, step
+from durakit.templates import Template
+
+Context = Runtime[Services[RefundSettings]]
+
+
+def money(cents: int, currency: str = "EUR") -> str:
+    return f"{Decimal(cents) / 100:.2f} {currency}"
+
+
+# The steps, in the order the process runs them
+
+
+def load_order(state: RefundState, runtime: Context) -> dict[str, Any]:
+    return {"order": runtime.context.billing.get_order(state["order_id"])}
+
+
+def check_eligibility(state: RefundState, runtime: Context) -> dict[str, Any]:
+    settings = runtime.context.settings
+    order = state["order"]
+    reasons = []
+    if order is None:
+        reasons.append("the order does not exist")
+    else:
+        if order["status"] != "paid":
+            reasons.append(f"the order is {order['status']}, not paid")
+        if state["amount_cents"] > order["amount_cents"] - order["refunded_cents"]:
+            reasons.append("the amount exceeds what is left to refund on the order")
+        ordered_at = datetime.fromisoformat(order["ordered_at"])
+        if datetime.now(UTC) - ordered_at > timedelta(days=settings.refund_window_days):
+            reasons.append(f"the order is older than {settings.refund_window_days} days")
+    if reasons:
+        return {"eligibility": {"eligible": False, "reasons": reasons}, "route": "ineligible", "outcome": "ineligible"}
+
+    risk = runtime.context.judgement.assess_refund_risk(order, state["amount_cents"], state["reason"])
+    small = state["amount_cents"] <= settings.auto_approve_limit * 100
+    route = "auto_approve" if small and risk["risk"] == "low" else "needs_approval"
+    return {"eligibility": {"eligible": True, "reasons": []}, "risk": risk, "route": route}
+
+
+def request_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
+    order, risk = state["order"], state["risk"]
+    amount = money(state["amount_cents"], order["currency"])
+    sent = runtime.context.effects.apply(
+        "request_approval",
+        "email",
+        request := {
+            "to": runtime.context.settings.approvals_inbox,
+            "subject": f"Refund approval needed: {amount} on order {state['order_id']}",
+            "body": f"Risk {risk['risk']} ({'; '.join(risk['reasons']) or 'no flags'}). "
+            f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
+        },
+        lambda key: runtime.context.notifier.send_email(**request, idempotency_key=key),
+    )
+    return {"approval_request": sent}
+
+
+def await_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
+    order, risk = state["order"], state["risk"]
+    answer = ask_human(
+        f"Refund {money(state['amount_cents'], order['currency'])} on order {state['order_id']}?",
+        ["approve", "reject"],
+        ApprovalAnswer,
+        order_id=state["order_id"],
+        amount_cents=state["amount_cents"],
+        risk=risk["risk"],
+        risk_reasons=risk["reasons"],
+        customer_reason=state["reason"],
+    )
+    update: dict[str, Any] = {"approval": answer.model_dump()}
+    if answer.decision == "reject":
+        update["outcome"] = "rejected"
+    return update
+
+
+def issue_refund(state: RefundState, runtime: Context) -> dict[str, Any]:
+    refund = runtime.context.effects.apply(
+        "issue_refund",
+        "billing",
+        request := {"order_id": state["order_id"], "amount_cents": state["amount_cents"]},
+        lambda key: runtime.context.billing.refund(**request, idempotency_key=key),
+    )
+    return {"refund": refund, "outcome": "refunded"}
+
+
+def sync_crm(state: RefundState, runtime: Context) -> dict[str, Any]:
+    order = state["order"]
+    note = runtime.context.effects.apply(
+        "sync_crm",
+        "crm",
+        request := {
+            "customer_id": order["customer_id"],
+            "subject": f"Refund {state['refund']['refund_id']} on order {state['order_id']}",
+            "body": {
+                "amount_cents": state["amount_cents"],
+                "reason": state["reason"],
+                "ticket_id": state.get("ticket_id"),
+                "approved_by": (state.get("approval") or {}).get("by", "auto"),
+            },
+        },
+        lambda key: runtime.context.crm.log_interaction(**request, idempotency_key=key),
+    )
+    return {"crm_note": note}
+
+
+def notify_customer(state: RefundState, runtime: Context) -> dict[str, Any]:
+    order = state["order"]
+    if order is None:  # nobody to write to: the order (and so the customer) is unknown
+        return {"notification": {"skipped": "unknown order"}}
+    amount = money(state["amount_cents"], order["currency"])
+    messages = {
+        "refunded": ("Your refund is on its way", f"We refunded {amount} on order {state['order_id']}."),
+        "rejected": ("About your refund request", f"We could not refund {amount} on order {state['order_id']}."),
+        "ineligible": (
+            "About your refund request",
+            f"Order {state['order_id']} cannot be refunded: {'; '.join(state['eligibility']['reasons'])}.",
+        ),
+    }
+    subject, body = messages[state["outcome"]]
+    sent = runtime.context.effects.apply(
+        "notify_customer",
+        "email",
+        request := {"to": order["customer_email"], "subject": subject, "body": body},
+        lambda key: runtime.context.notifier.send_email(**request, idempotency_key=key),
+    )
+    return {"notification": sent}
+
+
+def write_audit(state: RefundState, runtime: Context) -> dict[str, Any]:
+    record = runtime.context.effects.apply(
+        "write_audit",
+        "audit",
+        request := {
+            "subject": f"refund:{state['order_id']}",
+            "record": {
+                "thread_id": runtime.context.thread_id,
+                "outcome": state["outcome"],
+                "amount_cents": state["amount_cents"],
+                "refund_id": (state.get("refund") or {}).get("refund_id"),
+                "risk": (state.get("risk") or {}).get("risk"),
+                "decided_by": (state.get("approval") or {}).get("by"),
+                "ineligible_because": state["eligibility"]["reasons"],
+            },
+        },
+        lambda key: runtime.context.audit.record(**request, idempotency_key=key),
+    )
+    return {"audit": record}
+
+
+# Routing
+
+
+def after_eligibility(state: RefundState) -> str:
+    return {"auto_approve": "issue_refund", "needs_approval": "request_approval", "ineligible": "notify_customer"}[
+        state["route"]
+    ]
+
+
+def after_approval(state: RefundState) -> str:
+    return "issue_refund" if state["approval"]["decision"] == "approve" else "notify_customer"
+
+
+def summarize(state: dict[str, Any]) -> dict[str, Any]:
+    """The thread's result, as `durakit status` shows it."""
+    return {
+        "outcome": state.get("outcome"),
+        "order_id": state.get("order_id"),
+        "amount_cents": state.get("amount_cents"),
+        "refund_id": (state.get("refund") or {}).get("refund_id"),
+        "approved_by": (state.get("approval") or {}).get("by"),
+        "reasons": (state.get("eligibility") or {}).get("reasons", []),
+    }
+
+
+# The graph
+
+builder = StateGraph(RefundState, context_schema=Services)
+builder.add_node("load_order", step(load_order), retry_policy=TRANSIENT_RETRY)
+builder.add_node("check_eligibility", step(check_eligibility), retry_policy=TRANSIENT_RETRY)
+builder.add_node("request_approval", step(request_approval), retry_policy=TRANSIENT_RETRY)
+builder.add_node("await_approval", step(await_approval))
+builder.add_node("issue_refund", step(issue_refund), retry_policy=TRANSIENT_RETRY)
+builder.add_node("sync_crm", step(sync_crm), retry_policy=TRANSIENT_RETRY)
+builder.add_node("notify_customer", step(notify_customer), retry_policy=TRANSIENT_RETRY)
+builder.add_node("write_audit", step(write_audit), retry_policy=TRANSIENT_RETRY)
+
+builder.add_edge(START, "load_order")
+builder.add_edge("load_order", "check_eligibility")
+builder.add_conditional_edges("check_eligibility", after_eligibility, ["issue_refund", "request_approval", "notify_customer"])
+builder.add_edge("request_approval", "await_approval")
+builder.add_conditional_edges("await_approval", after_approval, ["issue_refund", "notify_customer"])
+builder.add_edge("issue_refund", "sync_crm")
+builder.add_edge("sync_crm", "notify_customer")
+builder.add_edge("notify_customer", "write_audit")
+builder.add_edge("write_audit", END)
+
+TEMPLATE = Template(
+    name="refund",
+    description="Refund (part of) an order; above the auto-approval limit or with risk, a person approves.",
+    request_model=RefundRequest,
+    settings_model=RefundSettings,
+    builder=builder,
+    initial_state=initial_state,
+    summarize=summarize,
+)

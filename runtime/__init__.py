@@ -1,0 +1,23 @@
+"""durakit: durable customer-support agents, as LangGraph workflows on PostgreSQL.
+
+The Python API is `durakit.Runner` (see `durakit.runner`); the CLI is `durakit --help`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Runner", "ThreadView", "__version__"]
+
+if TYPE_CHECKING:
+    from durakit.runner import Runner, ThreadView
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so `durakit --help` does not pay for LangGraph.
+    if name in ("Runner", "ThreadView"):
+        from durakit import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'durakit' has no attribute {name!r}")

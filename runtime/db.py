@@ -1,0 +1,141 @@
+"""Which PostgreSQL durakit talks to, and whether its schema is current.
+
+DURAKIT_DATABASE_URL selects a server, whose schema an operator upgrades with
+`durakit db upgrade`. Without it, durakit starts an embedded PostgreSQL (the `pgserver`
+package) under DURAKIT_HOME, leaves it running for the next command, and migrates it
+itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from durakit.errors import DatabaseUnavailable, SchemaBehind
+from durakit.settings import KitSettings
+
+# Alembic revisions in order; the last is the head this code needs. A test checks it
+# against the migration scripts, so this module never has to import alembic.
+SCHEMA_REVISIONS = ("0001", "0002")
+SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+    embedded: bool
+
+    @property
+    def display(self) -> str:
+        return "the embedded PostgreSQL" if self.embedded else redact(self.url)
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def locate(settings: KitSettings) -> Database:
+    """The database this process should use, started and migrated if it is the embedded one."""
+    if settings.database_url:
+        return Database(settings.database_url, embedded=False)
+    return Database(start_embedded(settings.home), embedded=True)
+
+
+def start_embedded(home: Path) -> str:
+    """Start (or find running) the embedded PostgreSQL under `home` and return its URL."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR on import
+        import pgserver
+
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            # cleanup_mode=None: the server outlives this process, so the next command
+            # (and a process resuming after a crash) finds it running.
+            server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
+        except Exception as exc:  # pgserver raises plain exceptions of several kinds
+            raise DatabaseUnavailable(
+                f"The embedded PostgreSQL under {home} could not start ({one_line(exc)})."
+            ) from exc
+    return server.get_uri()
+
+
+def connect(url: str, **kwargs: object) -> psycopg.Connection:
+    """A plain connection, failing within a few seconds with a sentence if the server is down."""
+    try:
+        return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"Cannot reach the database at {redact(url)} ({one_line(exc)})."
+        ) from exc
+
+
+def current_revision(url: str) -> str | None:
+    """The alembic revision the database is at, or None if it was never migrated."""
+    with connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return None
+        row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+        return row[0] if row else None
+
+
+def ensure_schema(database: Database) -> None:
+    """Refuse to work on a schema that is behind; migrate the embedded database instead."""
+    revision = current_revision(database.url)
+    if revision == SCHEMA_HEAD:
+        return
+    if revision is not None and revision not in SCHEMA_REVISIONS:
+        raise DatabaseUnavailable(
+            f"The database at {database.display} has schema revision {revision}, which this "
+            "durakit does not know; upgrade durakit."
+        )
+    if database.embedded:
+        upgrade(database.url)
+        return
+    found = "no durakit schema" if revision is None else f"schema revision {revision}"
+    raise SchemaBehind(
+        f"The database at {database.display} has {found} but durakit needs {SCHEMA_HEAD}; "
+        "run `durakit db upgrade`."
+    )
+
+
+def migrations_dir() -> Path:
+    spec = importlib.util.find_spec("durakit.migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("durakit's migrations are not installed with the package.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def alembic_config(url: str):  # -> alembic.config.Config, imported lazily (slow import)
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply durakit's migrations (LangGraph's checkpoint tables included) up to `revision`."""
+    from alembic import command
+
+    connect(url).close()  # fail with a sentence, not a SQLAlchemy traceback, if it is down
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,29 @@
+"""The event log: an append-only record of what happened to each thread, for audit and
+metrics. Kinds: run_started, resumed, node_finished, retried, interrupted, decided,
+failed, completed, recovered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+INSERT_SQL = "INSERT INTO durakit_events (thread_id, kind, node, detail) VALUES (%s, %s, %s, %s)"
+THREAD_EVENTS_SQL = """
+SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at, kind, node, detail
+FROM durakit_events WHERE thread_id = %s ORDER BY id
+"""
+
+
+class EventLog:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def record(self, thread_id: str, kind: str, node: str | None = None, **detail: Any) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(INSERT_SQL, (thread_id, kind, node, Jsonb(detail)))
+
+    def for_thread(self, thread_id: str) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            return conn.execute(THREAD_EVENTS_SQL, (thread_id,)).fetchall()

@@ -1,0 +1,437 @@
+"""The runner: durakit's Python API. The CLI is a thin skin over it.
+
+    from durakit import Runner
+
+    with Runner.open() as runner:
+        view = runner.run("refund", {"order_id": "ORD-1", "amount": "250.00", "reason": "broken"})
+        if view.status == "waiting":
+            view = runner.approve(view.thread_id, "approve", by="dana")
+
+Every method that advances a thread holds that thread's lock (`durakit.lease`) for the
+whole advance, runs the graph with durability="sync" (each finished step is on disk
+before the next starts), and settles the thread's registry row from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.errors import is_invalid_resume
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from durakit import db, faults, registry
+from durakit.adapters.sandbox import Sandbox
+from durakit.checkpointers import open_pool, postgres_saver
+from durakit.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, ThreadBusy
+from durakit.events import EventLog
+from durakit.graphs import TEMPLATES, get_template
+from durakit.judgement import Judgement, RulesJudgement
+from durakit.lease import ThreadLocks
+from durakit.ledger import EffectLedger, thread_effects
+from durakit.services import Adapters, Services
+from durakit.settings import KitSettings
+from durakit.templates import THREAD_ID_PATTERN, Template, TemplateRequest
+
+STATUSES = ("running", "waiting", "completed", "failed")
+
+
+@dataclass
+class ThreadView:
+    """Where a thread stands: what `durakit status --json` prints."""
+
+    thread_id: str
+    template: str
+    status: str
+    interrupt: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    error_node: str | None = None
+    attempts: int = 0
+    stale: bool = False  # `running`, but its process is gone: `durakit recover` resumes it
+    lease_owner: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    effects: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ThreadView:
+        return cls(
+            thread_id=row["thread_id"],
+            template=row["template"],
+            status=row["status"],
+            interrupt=row["interrupt"] if row["status"] == "waiting" else None,
+            result=row["result"],
+            error=row["last_error"] if row["status"] == "failed" else None,
+            error_node=row["error_node"] if row["status"] == "failed" else None,
+            attempts=row["attempts"],
+            stale=row["status"] == "running" and not row["lease_held"],
+            lease_owner=row["lease_owner"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        if data["effects"] is None:
+            del data["effects"]
+        return {**data, **extra}
+
+
+@dataclass
+class RecoveryReport:
+    resumed: list[ThreadView]
+    busy: list[str]  # stale a moment ago, but another process took them first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resumed": [view.to_dict() for view in self.resumed], "busy": self.busy}
+
+
+def check_thread_id(thread_id: str) -> str:
+    if not isinstance(thread_id, str) or not THREAD_ID_PATTERN.match(thread_id):
+        raise InvalidInput(
+            f"{thread_id!r} is not a valid thread id: use 1 to 128 letters, digits and . _ : @ -, "
+            "starting with a letter or digit."
+        )
+    return thread_id
+
+
+def parse_request(template: Template, raw: str | Mapping[str, Any]) -> TemplateRequest:
+    """Validate a template's input (a JSON text or a mapping) before anything is written."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"The input is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}).") from None
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(f"The input must be a JSON object with the {template.name} template's fields.")
+    try:
+        return template.request_model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"Invalid {template.name} input: {describe_validation_error(exc)}.") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "input"
+    text = f"{where}: {first['msg']}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return text
+
+
+class Runner:
+    def __init__(
+        self,
+        database: db.Database,
+        *,
+        kit_settings: KitSettings | None = None,
+        adapters: Adapters | None = None,
+        judgement: Judgement | None = None,
+        template_settings: Mapping[str, BaseSettings] | None = None,
+    ) -> None:
+        kit_settings = kit_settings or KitSettings.from_env()
+        self.database = database
+        try:
+            self.pool = open_pool(
+                database.url, max_size=kit_settings.pool_max_size, transaction_pooler=kit_settings.transaction_pooler
+            )
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"Cannot reach the database at {database.display}.") from exc
+        self.saver: PostgresSaver = postgres_saver(self.pool)
+        self.locks = ThreadLocks(database.url)
+        self.events = EventLog(self.pool)
+        self.sandbox = Sandbox(self.pool)
+        self.adapters = adapters or Adapters(
+            billing=self.sandbox, crm=self.sandbox, notifier=self.sandbox, audit=self.sandbox
+        )
+        self.judgement = judgement or RulesJudgement()
+        self.template_settings = dict(template_settings or {})
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._graphs: dict[str, CompiledStateGraph] = {}
+
+    @classmethod
+    def open(cls, kit_settings: KitSettings | None = None, **kwargs: Any) -> Runner:
+        """A runner on the configured database, after checking that its schema is current."""
+        kit_settings = kit_settings or KitSettings.from_env()
+        faults.configured()  # refuse a malformed DURAKIT_FAULT before anything runs
+        database = db.locate(kit_settings)
+        db.ensure_schema(database)
+        return cls(database, kit_settings=kit_settings, **kwargs)
+
+    def close(self) -> None:
+        self.locks.close()
+        self.pool.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Starting, resuming and answering threads
+
+    def run(
+        self, template_name: str, request: str | Mapping[str, Any], *, thread_id: str | None = None
+    ) -> ThreadView:
+        """Start a thread for `request`; the same request again reaches the same thread."""
+        template = get_template(template_name)
+        parsed = parse_request(template, request)
+        settings = self._settings(template)
+        thread_id = check_thread_id(thread_id or template.thread_id_for(parsed))
+        stored = parsed.model_dump(mode="json")
+        with self.locks.hold(thread_id):
+            with self.pool.connection() as conn:
+                created = registry.create(conn, thread_id, template.name, stored, parsed.business_key())
+                existing = None if created else registry.get(conn, thread_id)
+            if existing is not None:
+                if existing["template"] != template.name or existing["request"] != stored:
+                    raise Conflict(
+                        f"Thread {thread_id} already exists for a different request; "
+                        "pass another --thread-id (or a ticket_id) to start a new one."
+                    )
+                return ThreadView.from_row(existing)
+            faults.maybe_kill("__start__", "before")  # registered, no checkpoint yet
+            return self._advance(template, thread_id, template.initial_state(parsed), "run_started", settings)
+
+    def resume(self, thread_id: str) -> ThreadView:
+        """Continue a thread that failed or whose process died, from its last checkpoint."""
+        check_thread_id(thread_id)
+        self._row(thread_id)  # unknown thread: NotFound before taking any lock
+        with self.locks.hold(thread_id):
+            row = self._row(thread_id)
+            if row["status"] == "completed":
+                raise Conflict(f"Thread {thread_id} is already completed; there is nothing to resume.")
+            if row["status"] == "waiting":
+                question = (row["interrupt"] or {}).get("question", "a decision")
+                raise Conflict(
+                    f"Thread {thread_id} is waiting for a decision ({question}); answer it with `durakit approve`."
+                )
+            return self._continue(row, "resumed")
+
+    def approve(self, thread_id: str, decision: str, *, by: str, note: str | None = None) -> ThreadView:
+        """Answer the question a waiting thread asks, and run it on from there."""
+        check_thread_id(thread_id)
+        self._row(thread_id)
+        with self.locks.hold(thread_id):
+            row = self._row(thread_id)
+            if row["status"] != "waiting":
+                raise Conflict(f"Thread {thread_id} is {row['status']}, not waiting for a decision.")
+            interrupt = row["interrupt"]
+            allowed = interrupt.get("decisions") or []
+            if decision not in allowed:
+                raise InvalidInput(
+                    f"{decision!r} is not an answer to this question; choose one of: {', '.join(allowed)}."
+                )
+            template = get_template(row["template"])
+            snapshot = self._graph(template).get_state(self._config(thread_id))
+            if interrupt["id"] not in {pending.id for pending in snapshot.interrupts}:
+                raise Conflict(f"The question thread {thread_id} asked has been answered already.")
+            answer = {"decision": decision, "by": by, "note": note}
+            with self.pool.connection() as conn:
+                if not registry.record_decision(conn, thread_id, interrupt["id"], answer):
+                    earlier = registry.who_decided(conn, thread_id, interrupt["id"]) or {}
+                    raise Conflict(
+                        f"Thread {thread_id}'s question was answered already by {earlier.get('decided_by')} "
+                        f"at {earlier.get('decided_at')}."
+                    )
+            self.events.record(thread_id, "decided", interrupt.get("node"), decision=decision, by=by, note=note)
+            try:
+                return self._advance(
+                    template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", self._settings(template)
+                )
+            except ValidationError as exc:
+                if not is_invalid_resume(exc):
+                    raise
+                with self.pool.connection() as conn:
+                    registry.withdraw_decision(conn, thread_id, interrupt["id"])
+                self._settle(template, thread_id, self._graph(template).get_state(self._config(thread_id)))
+                raise InvalidInput(f"The answer was refused: {describe_validation_error(exc)}.") from None
+
+    def recover(self) -> RecoveryReport:
+        """Resume every `running` thread whose process died (nobody holds its lock)."""
+        with self.pool.connection() as conn:
+            candidates = registry.orphans(conn)
+        report = RecoveryReport(resumed=[], busy=[])
+        for thread_id in candidates:
+            if not self.locks.try_acquire(thread_id):
+                report.busy.append(thread_id)
+                continue
+            try:
+                row = self._row(thread_id)
+                if row["status"] == "running":
+                    report.resumed.append(self._continue(row, "recovered"))
+            finally:
+                self.locks.release(thread_id)
+        return report
+
+    # Looking at threads
+
+    def status(self, thread_id: str) -> ThreadView:
+        """Where the thread stands, with every side effect and how the outside system saw it."""
+        view = ThreadView.from_row(self._row(check_thread_id(thread_id)))
+        view.effects = thread_effects(self.pool, thread_id)
+        return view
+
+    def history(self, thread_id: str) -> ThreadView:
+        """The thread's status plus its event log, decisions and checkpoints."""
+        view = self.status(thread_id)
+        with self.pool.connection() as conn:
+            view.extra = {
+                "events": self.events.for_thread(thread_id),
+                "decisions": registry.decisions(conn, thread_id),
+                "checkpoints": registry.checkpoints(conn, thread_id),
+            }
+        return view
+
+    def threads(self, *, status: str | None = None, template: str | None = None) -> list[ThreadView]:
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"{status!r} is not a thread status; use one of: {', '.join(STATUSES)}.")
+        if template is not None:
+            get_template(template)
+        with self.pool.connection() as conn:
+            return [ThreadView.from_row(row) for row in registry.list_threads(conn, status=status, template=template)]
+
+    def pending(self) -> list[ThreadView]:
+        """Threads waiting for a person, with the question each one asks."""
+        return self.threads(status="waiting")
+
+    def templates(self) -> list[Template]:
+        return list(TEMPLATES.values())
+
+    # Internals
+
+    def _row(self, thread_id: str) -> dict[str, Any]:
+        with self.pool.connection() as conn:
+            row = registry.get(conn, thread_id)
+        if row is None:
+            raise NotFound(f"There is no thread {thread_id!r}; `durakit threads` lists them.")
+        return row
+
+    def _config(self, thread_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": thread_id}}
+
+    def _graph(self, template: Template) -> CompiledStateGraph:
+        if template.name not in self._graphs:
+            self._graphs[template.name] = template.builder.compile(checkpointer=self.saver)
+        return self._graphs[template.name]
+
+    def _settings(self, template: Template) -> BaseSettings:
+        if template.name in self.template_settings:
+            return self.template_settings[template.name]
+        try:
+            return template.settings_model()
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"The {template.name} settings in the environment are invalid: {describe_validation_error(exc)}."
+            ) from None
+
+    def _continue(self, row: Mapping[str, Any], kind: str) -> ThreadView:
+        """Advance a thread from wherever its last checkpoint left it (lock held)."""
+        template = get_template(row["template"])
+        settings = self._settings(template)
+        thread_id = row["thread_id"]
+        config = self._config(thread_id)
+        if self.saver.get_tuple(config) is None:
+            # It died before its first checkpoint: LangGraph knows nothing of it, but the
+            # registry kept the request, so it starts again from the beginning.
+            request = template.request_model.model_validate(row["request"])
+            return self._advance(template, thread_id, template.initial_state(request), kind, settings)
+        snapshot = self._graph(template).get_state(config)
+        if snapshot.interrupts:
+            # Answered but not yet carried out when the process died: answer again.
+            with self.pool.connection() as conn:
+                answers = {
+                    pending.id: answer
+                    for pending in snapshot.interrupts
+                    if (answer := registry.decision_for(conn, thread_id, pending.id)) is not None
+                }
+            if not answers:
+                return self._settle(template, thread_id, snapshot)
+            return self._advance(template, thread_id, Command(resume=answers), kind, settings)
+        if not snapshot.next:
+            return self._settle(template, thread_id, snapshot)  # finished; only the registry lagged
+        return self._advance(template, thread_id, None, kind, settings)
+
+    def _advance(
+        self, template: Template, thread_id: str, graph_input: Any, kind: str, settings: BaseSettings
+    ) -> ThreadView:
+        """Run the graph until it finishes, waits or fails (lock held), and settle the thread."""
+        with self.pool.connection() as conn:
+            registry.start(conn, thread_id, self.owner)
+        self.events.record(thread_id, kind)
+        graph = self._graph(template)
+        config = self._config(thread_id)
+        context = Services(
+            thread_id=thread_id,
+            settings=settings,
+            effects=EffectLedger(self.pool, thread_id),
+            events=self.events,
+            billing=self.adapters.billing,
+            crm=self.adapters.crm,
+            notifier=self.adapters.notifier,
+            audit=self.adapters.audit,
+            judgement=self.judgement,
+        )
+        try:
+            for update in graph.stream(
+                graph_input, config, context=context, stream_mode="updates", durability="sync"
+            ):
+                for node in update:
+                    if node != "__interrupt__":
+                        self.events.record(thread_id, "node_finished", node)
+        except Exception as exc:
+            if is_invalid_resume(exc):
+                raise
+            return self._fail(template, thread_id, exc)
+        return self._settle(template, thread_id, graph.get_state(config))
+
+    def _settle(self, template: Template, thread_id: str, snapshot: StateSnapshot) -> ThreadView:
+        """Write where the checkpoint says the thread stands into the registry."""
+        with self.pool.connection() as conn:
+            if snapshot.interrupts:
+                pending = snapshot.interrupts[0]
+                node = next((task.name for task in snapshot.tasks if task.interrupts), None)
+                value = pending.value if isinstance(pending.value, dict) else {"question": str(pending.value)}
+                interrupt = {"id": pending.id, "node": node, **value, "answer_schema": pending.response_schema}
+                registry.settle(conn, thread_id, "waiting", interrupt=interrupt)
+                self.events.record(thread_id, "interrupted", node, interrupt_id=pending.id)
+            elif snapshot.next:
+                failed = next((task for task in snapshot.tasks if task.error), None)
+                error = describe_error(failed.error) if failed else "The run stopped before finishing."
+                registry.settle(conn, thread_id, "failed", error=error, error_node=failed.name if failed else None)
+            else:
+                registry.settle(conn, thread_id, "completed", result=template.summarize(snapshot.values))
+                self.events.record(thread_id, "completed")
+        return ThreadView.from_row(self._row(thread_id))
+
+    def _fail(self, template: Template, thread_id: str, exc: Exception) -> ThreadView:
+        """The run raised: mark the thread failed with the error and the node it came from."""
+        node = None
+        try:
+            snapshot = self._graph(template).get_state(self._config(thread_id))
+            node = next((task.name for task in snapshot.tasks if task.error), None)
+        except psycopg.Error:
+            pass  # the database may be why it failed; the error itself still gets recorded
+        error = describe_error(exc)
+        with self.pool.connection() as conn:
+            registry.settle(conn, thread_id, "failed", error=error, error_node=node)
+        self.events.record(thread_id, "failed", node, error=error)
+        return ThreadView.from_row(self._row(thread_id))
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {db.one_line(exc)}"[:1000]

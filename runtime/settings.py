@@ -1,0 +1,32 @@
+"""Process-wide settings, read from the environment (see README's Environment table)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class KitSettings:
+    database_url: str | None
+    """DURAKIT_DATABASE_URL: a PostgreSQL server. None: the embedded server."""
+
+    home: Path
+    """DURAKIT_HOME: where the embedded database lives (default ~/.durakit)."""
+
+    transaction_pooler: bool
+    """DURAKIT_TRANSACTION_POOLER=1: the URL goes through a transaction-pooling proxy
+    (PgBouncer in transaction mode), so no server-side prepared statements are used."""
+
+    pool_max_size: int
+    """DURAKIT_POOL_MAX_SIZE: connections in each process's pool (default 4)."""
+
+    @classmethod
+    def from_env(cls) -> KitSettings:
+        return cls(
+            database_url=os.environ.get("DURAKIT_DATABASE_URL") or None,
+            home=Path(os.environ.get("DURAKIT_HOME") or Path.home() / ".durakit").expanduser(),
+            transaction_pooler=os.environ.get("DURAKIT_TRANSACTION_POOLER", "") in {"1", "true", "yes"},
+            pool_max_size=int(os.environ.get("DURAKIT_POOL_MAX_SIZE") or 4),
+        )

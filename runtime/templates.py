@@ -1,0 +1,44 @@
+"""What the runner needs to know about a template, in one record.
+
+A template module builds its `StateGraph` and ends with a `TEMPLATE = Template(...)`
+line; `durakit.graphs` lists them by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.graph import StateGraph
+from pydantic import BaseModel, ConfigDict
+from pydantic_settings import BaseSettings
+
+# Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
+THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # order, ticket and customer ids
+
+
+class TemplateRequest(BaseModel):
+    """Base of every template's input: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    def business_key(self) -> str:
+        """What makes two requests the same request (the thread id is derived from it)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    description: str
+    request_model: type[TemplateRequest]
+    settings_model: type[BaseSettings]
+    builder: StateGraph
+    initial_state: Callable[[Any], dict[str, Any]]
+    summarize: Callable[[dict[str, Any]], dict[str, Any]]
+
+    def thread_id_for(self, request: TemplateRequest) -> str:
+        return f"{self.name}-{request.business_key()}"
