@@ -66,6 +66,19 @@ def start_embedded(home: Path) -> str:
     return server.get_uri()
 
 
+def stop_embedded(home: Path) -> bool:
+    """Stop the embedded PostgreSQL under `home` if it runs; its data stays. True if it ran."""
+    pgdata = home / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+    return True
+
+
 def connect(url: str, **kwargs: object) -> psycopg.Connection:
     """A plain connection, failing within a few seconds with a sentence if the server is down."""
     try:

@@ -1,0 +1,3 @@
+from durakit.cli import main
+
+main()

@@ -1,0 +1,260 @@
+"""The `durakit` command: a thin skin over `durakit.Runner`.
+
+Exit codes: 0 done as asked (a thread left waiting counts); 2 bad input or usage;
+3 unknown thread or template; 4 conflict (not waiting, already answered, busy);
+5 database unreachable or schema behind; 1 anything else, a failed thread included.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from durakit.errors import DurakitError, InvalidInput, RunFailed
+
+app = typer.Typer(
+    help="Run customer-support agents as durable LangGraph workflows on PostgreSQL.\n\n"
+    "Without DURAKIT_DATABASE_URL, durakit uses an embedded PostgreSQL under DURAKIT_HOME "
+    "(~/.durakit). Start with `durakit demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="Manage the database schema (alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
+ThreadArg = Annotated[str, typer.Argument(metavar="THREAD_ID", help="The thread's id, as `run` printed it.")]
+
+
+def open_runner():  # -> durakit.runner.Runner, imported here so --help stays fast
+    from durakit.runner import Runner
+
+    return Runner.open()
+
+
+def finish(view, as_json: bool) -> None:
+    """Print a thread; exit 1 with a sentence if it ended `failed`."""
+    from durakit import output
+
+    if as_json:
+        output.print_json(view.to_dict())
+    else:
+        output.show_thread(view)
+    if view.status == "failed":
+        raise RunFailed(
+            f"Thread {view.thread_id} failed at {view.error_node or 'start'} ({view.error}); "
+            f"fix the cause and run `durakit resume {view.thread_id}`."
+        )
+
+
+@app.command()
+def run(
+    template: Annotated[str, typer.Argument(metavar="TEMPLATE", help="Template name; `durakit templates` lists them.")],
+    input_json: Annotated[Optional[str], typer.Option("--input", help="The request as a JSON object.")] = None,
+    input_file: Annotated[
+        Optional[Path], typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
+    ] = None,
+    thread_id: Annotated[
+        Optional[str],
+        typer.Option("--thread-id", help="Id for the new thread. Default: derived from the request's business key, "
+                     "so the same request twice reaches the same thread."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start a thread of TEMPLATE for one request and run it until it finishes or waits for a person.
+
+    Example: durakit run refund --input '{"order_id": "ORD-1", "amount": "25.00", "reason": "arrived broken"}'
+    """
+    raw = read_input(input_json, input_file)
+    with open_runner() as runner:
+        finish(runner.run(template, raw, thread_id=thread_id), as_json)
+
+
+def read_input(input_json: str | None, input_file: Path | None) -> str:
+    if (input_json is None) == (input_file is None):
+        raise InvalidInput("Give the request with exactly one of --input JSON or --input-file PATH.")
+    if input_json is not None:
+        return input_json
+    if str(input_file) == "-":
+        return sys.stdin.read()
+    try:
+        return input_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"Cannot read the input file {input_file} ({exc.__class__.__name__}).") from None
+
+
+@app.command()
+def resume(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
+    """Continue a thread that failed or whose process died, from its last checkpoint.
+
+    Side effects that already happened are not repeated: the ledger returns their recorded results.
+    """
+    with open_runner() as runner:
+        finish(runner.resume(thread_id), as_json)
+
+
+@app.command()
+def approve(
+    thread_id: ThreadArg,
+    decision: Annotated[str, typer.Option("--decision", help="The answer, one of those the question allows (e.g. approve, reject).")],
+    by: Annotated[Optional[str], typer.Option("--by", help="Who decides (default: your user name).")] = None,
+    note: Annotated[Optional[str], typer.Option("--note", help="A note kept with the decision.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Answer the question a waiting thread asks, and run the thread on from there.
+
+    Example: durakit approve refund-T-1001 --decision approve --by dana --note "loyal customer"
+    """
+    with open_runner() as runner:
+        finish(runner.approve(thread_id, decision, by=by or getpass.getuser(), note=note), as_json)
+
+
+@app.command()
+def status(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
+    """Show where a thread stands, with each side effect and how often the outside system received and applied it."""
+    from durakit import output
+
+    with open_runner() as runner:
+        view = runner.status(thread_id)
+    output.print_json(view.to_dict()) if as_json else output.show_thread(view)
+
+
+@app.command()
+def history(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
+    """Show a thread's event log, decisions and checkpoints."""
+    from durakit import output
+
+    with open_runner() as runner:
+        view = runner.history(thread_id)
+    output.print_json(view.to_dict()) if as_json else output.show_history(view)
+
+
+@app.command()
+def threads(
+    status_filter: Annotated[
+        Optional[str], typer.Option("--status", help="Only threads in this status: running, waiting, completed or failed.")
+    ] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Only threads of this template.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List threads, newest first. `--status failed` is the dead-letter view."""
+    from durakit import output
+
+    with open_runner() as runner:
+        views = runner.threads(status=status_filter, template=template)
+    if as_json:
+        output.print_json({"threads": [view.to_dict() for view in views]})
+    else:
+        output.show_threads(views, empty="No threads match.")
+
+
+@app.command()
+def pending(as_json: JsonFlag = False) -> None:
+    """List threads waiting for a person, with the question each one asks."""
+    from durakit import output
+
+    with open_runner() as runner:
+        views = runner.pending()
+    if as_json:
+        output.print_json({"threads": [view.to_dict() for view in views]})
+    else:
+        output.show_threads(views, empty="Nothing is waiting for a decision.")
+
+
+@app.command()
+def recover(as_json: JsonFlag = False) -> None:
+    """Resume every running thread whose process died, including runs that died before their first checkpoint."""
+    from durakit import output
+
+    with open_runner() as runner:
+        report = runner.recover()
+    output.print_json(report.to_dict()) if as_json else output.show_recovery(report)
+    failed = [view.thread_id for view in report.resumed if view.status == "failed"]
+    if failed:
+        raise RunFailed(f"{len(failed)} recovered thread(s) failed again: {', '.join(failed)}; see `durakit status`.")
+
+
+@app.command()
+def templates(as_json: JsonFlag = False) -> None:
+    """List the templates, with the JSON schema of each one's input."""
+    from durakit import output
+    from durakit.graphs import TEMPLATES
+
+    if as_json:
+        output.print_json({"templates": [
+            {"name": t.name, "description": t.description, "input_schema": t.request_model.model_json_schema()}
+            for t in TEMPLATES.values()
+        ]})
+        return
+    for t in TEMPLATES.values():
+        output.console.print(f"[bold]{t.name}[/bold]: {t.description}")
+        for name, info in t.request_model.model_fields.items():
+            required = "required" if info.is_required() else "optional"
+            output.console.print(f"  {name} ({required}): {info.description or ''}")
+
+
+@app.command()
+def demo() -> None:
+    """Tell the refund story on the embedded database: auto-refund, approval, crash and recovery."""
+    from durakit.demo import main as run_demo
+
+    run_demo()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply durakit's migrations (LangGraph's checkpoint tables included) to the database."""
+    from durakit import db
+    from durakit.settings import KitSettings
+
+    database = db.locate(KitSettings.from_env())
+    db.upgrade(database.url)
+    print(f"The database at {database.display} is at schema revision {db.current_revision(database.url)} (current).")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (it keeps running between commands); its data stays."""
+    from durakit import db
+    from durakit.settings import KitSettings
+
+    settings = KitSettings.from_env()
+    if settings.database_url:
+        raise InvalidInput("DURAKIT_DATABASE_URL is set: durakit does not manage that server.")
+    stopped = db.stop_embedded(settings.home)
+    print(f"Stopped the embedded PostgreSQL under {settings.home}." if stopped else "The embedded PostgreSQL was not running.")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    print(f"durakit: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="durakit", standalone_mode=False)
+    except DurakitError as exc:
+        fail(str(exc), exc.exit_code)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        fail("Interrupted.", 1)
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument
+        ctx = getattr(exc, "ctx", None)
+        hint = f" See `{ctx.command_path} --help`." if ctx is not None else ""
+        fail(f"{exc.format_message().rstrip('.')}.{hint}", getattr(exc, "exit_code", 2))
+    except Exception as exc:
+        if os.environ.get("DURAKIT_DEBUG"):
+            raise
+        fail(f"Unexpected error ({type(exc).__name__}: {exc}); rerun with DURAKIT_DEBUG=1 for details.", 1)
+
+
+if __name__ == "__main__":
+    main()

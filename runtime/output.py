@@ -1,0 +1,94 @@
+"""How the CLI shows threads to a person (rich) and to a program (--json)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from durakit.runner import RecoveryReport, ThreadView
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def money(cents: int | None) -> str:
+    return "-" if cents is None else f"{Decimal(cents) / 100:.2f}"
+
+
+def status_line(view: ThreadView) -> str:
+    text = f"[bold]{view.thread_id}[/bold] ({view.template}): {view.status}"
+    if view.stale:
+        text += " [yellow](its process is gone; `durakit recover` resumes it)[/yellow]"
+    return text
+
+
+def show_thread(view: ThreadView) -> None:
+    console.print(status_line(view))
+    if view.interrupt:
+        console.print(f"  waiting for: {view.interrupt.get('question')}")
+        console.print(f"  answer with: durakit approve {view.thread_id} --decision "
+                      f"{'|'.join(view.interrupt.get('decisions') or [])} --by NAME")
+    if view.result:
+        console.print("  result: " + ", ".join(f"{key}={value}" for key, value in view.result.items() if value not in (None, [])))
+    if view.error:
+        console.print(f"  error at {view.error_node or 'start'}: {view.error}")
+        console.print(f"  after fixing the cause: durakit resume {view.thread_id}")
+    if view.effects:
+        console.print(effects_table(view.effects))
+
+
+def effects_table(effects: list[dict[str, Any]]) -> Table:
+    table = Table(title="side effects", title_justify="left")
+    for column in ("step", "system", "status", "durakit calls", "received", "applied"):
+        table.add_column(column)
+    for effect in effects:
+        table.add_row(
+            effect["step_key"], effect["system"], effect["status"],
+            str(effect["calls"]), str(effect["received"]), str(effect["applied"]),
+        )
+    return table
+
+
+def show_history(view: ThreadView) -> None:
+    show_thread(view)
+    table = Table(title="events", title_justify="left")
+    for column in ("at", "event", "node", "detail"):
+        table.add_column(column)
+    for event in view.extra["events"]:
+        detail = ", ".join(f"{key}={value}" for key, value in event["detail"].items() if value is not None)
+        table.add_row(event["at"], event["kind"], event["node"] or "", detail)
+    console.print(table)
+    for decision in view.extra["decisions"]:
+        note = f" ({decision['note']})" if decision["note"] else ""
+        console.print(f"  decision: {decision['decision']} by {decision['decided_by']} at {decision['decided_at']}{note}")
+    console.print(f"  checkpoints: {len(view.extra['checkpoints'])}")
+
+
+def show_threads(views: list[ThreadView], *, empty: str) -> None:
+    if not views:
+        console.print(empty)
+        return
+    table = Table()
+    for column in ("thread", "template", "status", "attempts", "updated", "waiting for / error"):
+        table.add_column(column)
+    for view in views:
+        status = view.status + (" (stale)" if view.stale else "")
+        note = (view.interrupt or {}).get("question") or view.error or ""
+        table.add_row(view.thread_id, view.template, status, str(view.attempts), view.updated_at or "", note)
+    console.print(table)
+
+
+def show_recovery(report: RecoveryReport) -> None:
+    if not report.resumed and not report.busy:
+        console.print("No thread needed recovering.")
+    for view in report.resumed:
+        console.print("recovered " + status_line(view))
+    for thread_id in report.busy:
+        console.print(f"skipped {thread_id}: another process took it first")
