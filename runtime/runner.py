@@ -191,7 +191,7 @@ class Runner:
         template = get_template(template_name)
         parsed = parse_request(template, request)
         settings = self._settings(template)
-        thread_id = check_thread_id(thread_id or template.thread_id_for(parsed))
+        thread_id = check_thread_id(template.thread_id_for(parsed) if thread_id is None else thread_id)
         stored = parsed.model_dump(mode="json")
         with self.locks.hold(thread_id):
             with self.pool.connection() as conn:
