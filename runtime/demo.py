@@ -19,6 +19,7 @@ from durakit.runner import Runner, ThreadView
 
 console = Console(highlight=False, soft_wrap=True)
 CUSTOMER = {"customer_id": "cust-ada", "customer_email": "ada@example.com"}
+TOUR_ORDERS = ("ORD-42", "ORD-43")  # used by README's tour
 
 
 def act(title: str) -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     with Runner.open() as runner:
         console.print(f"durakit demo on {runner.database.display}; this run's ids end in -{run_id}.")
         orders = {name: f"ORD-{name}-{run_id}" for name in ("small", "large", "crash")}
-        for order_id in orders.values():
+        for order_id in (*orders.values(), *TOUR_ORDERS):
             runner.sandbox.add_order(order_id, amount_cents=30000, **CUSTOMER)
 
         act("1. A small refund completes on its own")
@@ -96,4 +97,7 @@ def main() -> None:
     if not ok:
         console.print("\n[red]The demo did not end as expected; see above.[/red]")
         raise SystemExit(1)
-    console.print("\nNext: `durakit threads`, `durakit history THREAD_ID`, and README's tour.")
+    console.print(
+        f"\nNext: `durakit threads`, `durakit history THREAD_ID`, and README's tour "
+        f"(the sandbox now holds its orders {' and '.join(TOUR_ORDERS)}, 300.00 EUR each)."
+    )

@@ -46,7 +46,8 @@ def show_thread(view: ThreadView) -> None:
 
 def effects_table(effects: list[dict[str, Any]]) -> Table:
     table = Table(title="side effects", title_justify="left")
-    for column in ("step", "system", "status", "durakit calls", "received", "applied"):
+    table.add_column("step", no_wrap=True)
+    for column in ("system", "status", "durakit calls", "received", "applied"):
         table.add_column(column)
     for effect in effects:
         table.add_row(
@@ -76,8 +77,11 @@ def show_threads(views: list[ThreadView], *, empty: str) -> None:
         console.print(empty)
         return
     table = Table()
-    for column in ("thread", "template", "status", "attempts", "updated", "waiting for / error"):
+    # Thread ids are copied into the next command: never shorten them.
+    table.add_column("thread", no_wrap=True, min_width=max(len(view.thread_id) for view in views))
+    for column in ("template", "status", "attempts", "updated"):
         table.add_column(column)
+    table.add_column("waiting for / error", overflow="fold")
     for view in views:
         status = view.status + (" (stale)" if view.stale else "")
         note = (view.interrupt or {}).get("question") or view.error or ""

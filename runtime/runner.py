@@ -100,7 +100,7 @@ class RecoveryReport:
 
 
 def check_thread_id(thread_id: str) -> str:
-    if not isinstance(thread_id, str) or not THREAD_ID_PATTERN.match(thread_id):
+    if not isinstance(thread_id, str) or not THREAD_ID_PATTERN.fullmatch(thread_id):
         raise InvalidInput(
             f"{thread_id!r} is not a valid thread id: use 1 to 128 letters, digits and . _ : @ -, "
             "starting with a letter or digit."

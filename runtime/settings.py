@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from durakit.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class KitSettings:
@@ -28,5 +30,12 @@ class KitSettings:
             database_url=os.environ.get("DURAKIT_DATABASE_URL") or None,
             home=Path(os.environ.get("DURAKIT_HOME") or Path.home() / ".durakit").expanduser(),
             transaction_pooler=os.environ.get("DURAKIT_TRANSACTION_POOLER", "") in {"1", "true", "yes"},
-            pool_max_size=int(os.environ.get("DURAKIT_POOL_MAX_SIZE") or 4),
+            pool_max_size=positive_int("DURAKIT_POOL_MAX_SIZE", default=4),
         )
+
+
+def positive_int(name: str, *, default: int) -> int:
+    value = os.environ.get(name) or str(default)
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidInput(f"{name} must be a whole number of at least 1, not {value!r}.")
+    return int(value)
