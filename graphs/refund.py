@@ -2,7 +2,8 @@
 
     load_order -> check_eligibility -> issue_refund -> sync_crm -> notify_customer -> write_audit
                                     \\-> request_approval -> await_approval -/  (approve)
-                                    \\-> notify_customer (ineligible, or rejected by a person)
+                                    \\-> notify_customer (ineligible, or rejected by a person,
+                                                        or refused by billing at issue time)
 
 Small, low-risk refunds are issued on their own; anything above the auto-approval limit
 or with more than low risk waits for a person. Every step that changes an outside system
@@ -70,15 +71,14 @@ def check_eligibility(state: RefundState, runtime: Context) -> dict[str, Any]:
 def request_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
     order, risk = state["order"], state["risk"]
     amount = money(state["amount_cents"], order["currency"])
+    request = {
+        "to": runtime.context.settings.approvals_inbox,
+        "subject": f"Refund approval needed: {amount} on order {state['order_id']}",
+        "body": f"Risk {risk['risk']} ({'; '.join(risk['reasons']) or 'no flags'}). "
+        f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
+    }
     sent = runtime.context.effects.apply(
-        "request_approval",
-        "email",
-        request := {
-            "to": runtime.context.settings.approvals_inbox,
-            "subject": f"Refund approval needed: {amount} on order {state['order_id']}",
-            "body": f"Risk {risk['risk']} ({'; '.join(risk['reasons']) or 'no flags'}). "
-            f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
-        },
+        "request_approval", "email", request,
         lambda key: runtime.context.notifier.send_email(**request, idempotency_key=key),
     )
     return {"approval_request": sent}
@@ -103,30 +103,30 @@ def await_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
 
 
 def issue_refund(state: RefundState, runtime: Context) -> dict[str, Any]:
+    request = {"order_id": state["order_id"], "amount_cents": state["amount_cents"]}
     refund = runtime.context.effects.apply(
-        "issue_refund",
-        "billing",
-        request := {"order_id": state["order_id"], "amount_cents": state["amount_cents"]},
+        "issue_refund", "billing", request,
         lambda key: runtime.context.billing.refund(**request, idempotency_key=key),
     )
+    if refund["refund_id"] is None:  # billing refused, e.g. another refund of the order came first
+        return {"refund": refund, "outcome": "ineligible", "eligibility": {"eligible": False, "reasons": [refund["refused"]]}}
     return {"refund": refund, "outcome": "refunded"}
 
 
 def sync_crm(state: RefundState, runtime: Context) -> dict[str, Any]:
     order = state["order"]
-    note = runtime.context.effects.apply(
-        "sync_crm",
-        "crm",
-        request := {
-            "customer_id": order["customer_id"],
-            "subject": f"Refund {state['refund']['refund_id']} on order {state['order_id']}",
-            "body": {
-                "amount_cents": state["amount_cents"],
-                "reason": state["reason"],
-                "ticket_id": state.get("ticket_id"),
-                "approved_by": (state.get("approval") or {}).get("by", "auto"),
-            },
+    request = {
+        "customer_id": order["customer_id"],
+        "subject": f"Refund {state['refund']['refund_id']} on order {state['order_id']}",
+        "body": {
+            "amount_cents": state["amount_cents"],
+            "reason": state["reason"],
+            "ticket_id": state.get("ticket_id"),
+            "approved_by": (state.get("approval") or {}).get("by", "auto"),
         },
+    }
+    note = runtime.context.effects.apply(
+        "sync_crm", "crm", request,
         lambda key: runtime.context.crm.log_interaction(**request, idempotency_key=key),
     )
     return {"crm_note": note}
@@ -146,31 +146,29 @@ def notify_customer(state: RefundState, runtime: Context) -> dict[str, Any]:
         ),
     }
     subject, body = messages[state["outcome"]]
+    request = {"to": order["customer_email"], "subject": subject, "body": body}
     sent = runtime.context.effects.apply(
-        "notify_customer",
-        "email",
-        request := {"to": order["customer_email"], "subject": subject, "body": body},
+        "notify_customer", "email", request,
         lambda key: runtime.context.notifier.send_email(**request, idempotency_key=key),
     )
     return {"notification": sent}
 
 
 def write_audit(state: RefundState, runtime: Context) -> dict[str, Any]:
-    record = runtime.context.effects.apply(
-        "write_audit",
-        "audit",
-        request := {
-            "subject": f"refund:{state['order_id']}",
-            "record": {
-                "thread_id": runtime.context.thread_id,
-                "outcome": state["outcome"],
-                "amount_cents": state["amount_cents"],
-                "refund_id": (state.get("refund") or {}).get("refund_id"),
-                "risk": (state.get("risk") or {}).get("risk"),
-                "decided_by": (state.get("approval") or {}).get("by"),
-                "ineligible_because": state["eligibility"]["reasons"],
-            },
+    request = {
+        "subject": f"refund:{state['order_id']}",
+        "record": {
+            "thread_id": runtime.context.thread_id,
+            "outcome": state["outcome"],
+            "amount_cents": state["amount_cents"],
+            "refund_id": (state.get("refund") or {}).get("refund_id"),
+            "risk": (state.get("risk") or {}).get("risk"),
+            "decided_by": (state.get("approval") or {}).get("by"),
+            "ineligible_because": state["eligibility"]["reasons"],
         },
+    }
+    record = runtime.context.effects.apply(
+        "write_audit", "audit", request,
         lambda key: runtime.context.audit.record(**request, idempotency_key=key),
     )
     return {"audit": record}
@@ -187,6 +185,10 @@ def after_eligibility(state: RefundState) -> str:
 
 def after_approval(state: RefundState) -> str:
     return "issue_refund" if state["approval"]["decision"] == "approve" else "notify_customer"
+
+
+def after_refund(state: RefundState) -> str:
+    return "sync_crm" if state["outcome"] == "refunded" else "notify_customer"
 
 
 def summarize(state: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +220,7 @@ builder.add_edge("load_order", "check_eligibility")
 builder.add_conditional_edges("check_eligibility", after_eligibility, ["issue_refund", "request_approval", "notify_customer"])
 builder.add_edge("request_approval", "await_approval")
 builder.add_conditional_edges("await_approval", after_approval, ["issue_refund", "notify_customer"])
-builder.add_edge("issue_refund", "sync_crm")
+builder.add_conditional_edges("issue_refund", after_refund, ["sync_crm", "notify_customer"])
 builder.add_edge("sync_crm", "notify_customer")
 builder.add_edge("notify_customer", "write_audit")
 builder.add_edge("write_audit", END)
@@ -231,4 +233,5 @@ TEMPLATE = Template(
     builder=builder,
     initial_state=initial_state,
     summarize=summarize,
+    answers={"await_approval": ApprovalAnswer},
 )

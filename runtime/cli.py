@@ -176,9 +176,9 @@ def recover(as_json: JsonFlag = False) -> None:
     with open_runner() as runner:
         report = runner.recover()
     output.print_json(report.to_dict()) if as_json else output.show_recovery(report)
-    failed = [view.thread_id for view in report.resumed if view.status == "failed"]
+    failed = [view.thread_id for view in report.resumed if view.status == "failed"] + list(report.errors)
     if failed:
-        raise RunFailed(f"{len(failed)} recovered thread(s) failed again: {', '.join(failed)}; see `durakit status`.")
+        raise RunFailed(f"{len(failed)} thread(s) could not be completed: {', '.join(failed)}; see `durakit status`.")
 
 
 @app.command()
@@ -253,7 +253,18 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("DURAKIT_DEBUG"):
             raise
-        fail(f"Unexpected error ({type(exc).__name__}: {exc}); rerun with DURAKIT_DEBUG=1 for details.", 1)
+        from durakit.db import one_line
+
+        if is_connection_loss(exc):
+            fail(f"Lost the connection to the database ({one_line(exc)}); run the command again once it is back.", 5)
+        fail(f"Unexpected error ({type(exc).__name__}: {one_line(exc)}); rerun with DURAKIT_DEBUG=1 for details.", 1)
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, (psycopg.OperationalError, PoolTimeout))
 
 
 if __name__ == "__main__":

@@ -116,18 +116,24 @@ def connect(url: str, **kwargs: object) -> psycopg.Connection:
 def current_revision(url: str) -> str | None:
     """The alembic revision the database is at, or None if it was never migrated."""
     with connect(url, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-        if not exists or not exists[0]:
-            return None
-        row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
-        return row[0] if row else None
+        return _revision(conn)
+
+
+def _revision(conn: psycopg.Connection) -> str | None:
+    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+    return row[0] if row else None
 
 
 def ensure_schema(database: Database) -> None:
     """Refuse to work on a schema that is behind; migrate the embedded database instead."""
-    revision = current_revision(database.url)
-    if revision == SCHEMA_HEAD:
-        return
+    with connect(database.url, autocommit=True) as conn:
+        revision = _revision(conn)
+        if revision == SCHEMA_HEAD:
+            check_checkpoint_migrations(conn, database)
+            return
     if revision is not None and revision not in SCHEMA_REVISIONS:
         raise DatabaseUnavailable(
             f"The database at {database.display} has schema revision {revision}, which this "
@@ -141,6 +147,20 @@ def ensure_schema(database: Database) -> None:
         f"The database at {database.display} has {found} but durakit needs {SCHEMA_HEAD}; "
         "run `durakit db upgrade`."
     )
+
+
+def check_checkpoint_migrations(conn: psycopg.Connection, database: Database) -> None:
+    """The installed langgraph-checkpoint-postgres must not expect a migration alembic lacks
+    (its setup() would add it behind alembic's back)."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    applied = conn.execute("SELECT count(*) FROM checkpoint_migrations").fetchone()[0]
+    if applied != len(PostgresSaver.MIGRATIONS):
+        raise DatabaseUnavailable(
+            f"The database at {database.display} has {applied} LangGraph checkpoint migrations but the installed "
+            f"langgraph-checkpoint-postgres expects {len(PostgresSaver.MIGRATIONS)}; install the versions "
+            "pinned in durakit's pyproject.toml."
+        )
 
 
 def migrations_dir() -> Path:

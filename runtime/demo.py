@@ -12,12 +12,9 @@ import subprocess
 import sys
 import time
 
-from rich.console import Console
-
-from durakit.output import effects_table
+from durakit.output import console, effects_table
 from durakit.runner import Runner, ThreadView
 
-console = Console(highlight=False, soft_wrap=True)
 CUSTOMER = {"customer_id": "cust-ada", "customer_email": "ada@example.com"}
 TOUR_ORDERS = ("ORD-42", "ORD-43")  # used by README's tour
 

@@ -51,9 +51,10 @@ def idempotency_key(thread_id: str, step: str) -> str:
 class EffectLedger:
     """The ledger for one thread, handed to its nodes through the run's context."""
 
-    def __init__(self, pool: ConnectionPool, thread_id: str) -> None:
+    def __init__(self, pool: ConnectionPool, thread_id: str, ensure_held: Callable[[], None]) -> None:
         self.pool = pool
         self.thread_id = thread_id
+        self.ensure_held = ensure_held  # raises if this process lost the thread's lock
 
     def apply(
         self,
@@ -83,6 +84,7 @@ class EffectLedger:
                 f"Step {step} of thread {self.thread_id} was first recorded with a different request; "
                 f"refusing to call {system} again."
             )
+        self.ensure_held()
         result = call(idempotency_key(self.thread_id, step))
         faults.maybe_kill(node or step, "after_effect")
         with self.pool.connection() as conn:

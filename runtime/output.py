@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from durakit.runner import RecoveryReport, ThreadView
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: ids and questions stay whole in logs and pagers.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def print_json(data: Any) -> None:
@@ -20,6 +22,11 @@ def print_json(data: Any) -> None:
 
 def money(cents: int | None) -> str:
     return "-" if cents is None else f"{Decimal(cents) / 100:.2f}"
+
+
+def short_time(iso: str | None) -> str:
+    """2026-11-23T03:50:44.123Z -> 11-23 03:50:44, for tables; JSON keeps the full time."""
+    return iso[5:19].replace("T", " ") if iso else ""
 
 
 def status_line(view: ThreadView) -> str:
@@ -60,11 +67,12 @@ def effects_table(effects: list[dict[str, Any]]) -> Table:
 def show_history(view: ThreadView) -> None:
     show_thread(view)
     table = Table(title="events", title_justify="left")
-    for column in ("at", "event", "node", "detail"):
+    table.add_column("at (UTC)", no_wrap=True)
+    for column in ("event", "node", "detail"):
         table.add_column(column)
     for event in view.extra["events"]:
         detail = ", ".join(f"{key}={value}" for key, value in event["detail"].items() if value is not None)
-        table.add_row(event["at"], event["kind"], event["node"] or "", detail)
+        table.add_row(short_time(event["at"]), event["kind"], event["node"] or "", detail)
     console.print(table)
     for decision in view.extra["decisions"]:
         note = f" ({decision['note']})" if decision["note"] else ""
@@ -79,20 +87,23 @@ def show_threads(views: list[ThreadView], *, empty: str) -> None:
     table = Table()
     # Thread ids are copied into the next command: never shorten them.
     table.add_column("thread", no_wrap=True, min_width=max(len(view.thread_id) for view in views))
-    for column in ("template", "status", "attempts", "updated"):
+    for column in ("template", "status", "attempts"):
         table.add_column(column)
+    table.add_column("updated (UTC)", no_wrap=True)
     table.add_column("waiting for / error", overflow="fold")
     for view in views:
         status = view.status + (" (stale)" if view.stale else "")
         note = (view.interrupt or {}).get("question") or view.error or ""
-        table.add_row(view.thread_id, view.template, status, str(view.attempts), view.updated_at or "", note)
+        table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at), note)
     console.print(table)
 
 
 def show_recovery(report: RecoveryReport) -> None:
-    if not report.resumed and not report.busy:
+    if not report.resumed and not report.busy and not report.errors:
         console.print("No thread needed recovering.")
     for view in report.resumed:
         console.print("recovered " + status_line(view))
     for thread_id in report.busy:
         console.print(f"skipped {thread_id}: another process took it first")
+    for thread_id, error in report.errors.items():
+        console.print(f"could not resume {thread_id}: {error}")

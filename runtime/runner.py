@@ -33,11 +33,11 @@ from pydantic_settings import BaseSettings
 from durakit import db, faults, registry
 from durakit.adapters.sandbox import Sandbox
 from durakit.checkpointers import open_pool, postgres_saver
-from durakit.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, ThreadBusy
+from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidInput, NotFound
 from durakit.events import EventLog
 from durakit.graphs import TEMPLATES, get_template
 from durakit.judgement import Judgement, RulesJudgement
-from durakit.lease import ThreadLocks
+from durakit.lease import LeaseLost, ThreadLocks
 from durakit.ledger import EffectLedger, thread_effects
 from durakit.services import Adapters, Services
 from durakit.settings import KitSettings
@@ -94,9 +94,10 @@ class ThreadView:
 class RecoveryReport:
     resumed: list[ThreadView]
     busy: list[str]  # stale a moment ago, but another process took them first
+    errors: dict[str, str]  # thread id -> why it could not be resumed (the others still were)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"resumed": [view.to_dict() for view in self.resumed], "busy": self.busy}
+        return {"resumed": [view.to_dict() for view in self.resumed], "busy": self.busy, "errors": self.errors}
 
 
 def check_thread_id(thread_id: str) -> str:
@@ -121,6 +122,17 @@ def parse_request(template: Template, raw: str | Mapping[str, Any]) -> TemplateR
         return template.request_model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidInput(f"Invalid {template.name} input: {describe_validation_error(exc)}.") from None
+
+
+def check_answer(template: Template, node: str | None, answer: dict[str, Any]) -> dict[str, Any]:
+    """Validate a person's answer with the asking node's answer model, before it is recorded."""
+    model = template.answers.get(node or "")
+    if model is None:
+        return answer
+    try:
+        return model.model_validate(answer).model_dump(mode="json")
+    except ValidationError as exc:
+        raise InvalidInput(f"The answer was refused: {describe_validation_error(exc)}.") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -198,7 +210,10 @@ class Runner:
                 created = registry.create(conn, thread_id, template.name, stored, parsed.business_key())
                 existing = None if created else registry.get(conn, thread_id)
             if existing is not None:
-                if existing["template"] != template.name or existing["request"] != stored:
+                same = existing["template"] == template.name and (
+                    template.request_model.model_validate(existing["request"]) == parsed
+                )
+                if not same:
                     raise Conflict(
                         f"Thread {thread_id} already exists for a different request; "
                         "pass another --thread-id (or a ticket_id) to start a new one."
@@ -240,7 +255,7 @@ class Runner:
             snapshot = self._graph(template).get_state(self._config(thread_id))
             if interrupt["id"] not in {pending.id for pending in snapshot.interrupts}:
                 raise Conflict(f"The question thread {thread_id} asked has been answered already.")
-            answer = {"decision": decision, "by": by, "note": note}
+            answer = check_answer(template, interrupt.get("node"), {"decision": decision, "by": by, "note": note})
             with self.pool.connection() as conn:
                 if not registry.record_decision(conn, thread_id, interrupt["id"], answer):
                     earlier = registry.who_decided(conn, thread_id, interrupt["id"]) or {}
@@ -249,23 +264,15 @@ class Runner:
                         f"at {earlier.get('decided_at')}."
                     )
             self.events.record(thread_id, "decided", interrupt.get("node"), decision=decision, by=by, note=note)
-            try:
-                return self._advance(
-                    template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", self._settings(template)
-                )
-            except ValidationError as exc:
-                if not is_invalid_resume(exc):
-                    raise
-                with self.pool.connection() as conn:
-                    registry.withdraw_decision(conn, thread_id, interrupt["id"])
-                self._settle(template, thread_id, self._graph(template).get_state(self._config(thread_id)))
-                raise InvalidInput(f"The answer was refused: {describe_validation_error(exc)}.") from None
+            return self._advance(
+                template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", self._settings(template)
+            )
 
     def recover(self) -> RecoveryReport:
         """Resume every `running` thread whose process died (nobody holds its lock)."""
         with self.pool.connection() as conn:
             candidates = registry.orphans(conn)
-        report = RecoveryReport(resumed=[], busy=[])
+        report = RecoveryReport(resumed=[], busy=[], errors={})
         for thread_id in candidates:
             if not self.locks.try_acquire(thread_id):
                 report.busy.append(thread_id)
@@ -274,6 +281,10 @@ class Runner:
                 row = self._row(thread_id)
                 if row["status"] == "running":
                     report.resumed.append(self._continue(row, "recovered"))
+            except (DurakitError, psycopg.Error) as exc:
+                if isinstance(exc, DatabaseUnavailable) or isinstance(exc, psycopg.OperationalError):
+                    raise  # the database itself is gone: nothing else can be recovered now
+                report.errors[thread_id] = str(exc) if isinstance(exc, DurakitError) else describe_error(exc)
             finally:
                 self.locks.release(thread_id)
         return report
@@ -375,10 +386,14 @@ class Runner:
         self.events.record(thread_id, kind)
         graph = self._graph(template)
         config = self._config(thread_id)
+        def ensure_held() -> None:
+            self.locks.ensure_held(thread_id)
+
         context = Services(
             thread_id=thread_id,
             settings=settings,
-            effects=EffectLedger(self.pool, thread_id),
+            ensure_held=ensure_held,
+            effects=EffectLedger(self.pool, thread_id, ensure_held),
             events=self.events,
             billing=self.adapters.billing,
             crm=self.adapters.crm,
@@ -393,11 +408,22 @@ class Runner:
                 for node in update:
                     if node != "__interrupt__":
                         self.events.record(thread_id, "node_finished", node)
+        except LeaseLost:
+            raise  # another process may own the thread now: leave its registry row alone
         except Exception as exc:
-            if is_invalid_resume(exc):
-                raise
+            if is_invalid_resume(exc) and isinstance(graph_input, Command):
+                return self._withdraw_answers(template, thread_id, graph_input, exc)
             return self._fail(template, thread_id, exc)
         return self._settle(template, thread_id, graph.get_state(config))
+
+    def _withdraw_answers(self, template: Template, thread_id: str, command: Command, exc: Exception) -> ThreadView:
+        """The node refused a recorded answer (its model changed since): forget the answer,
+        so the question can be answered again, and report the thread as waiting."""
+        with self.pool.connection() as conn:
+            for interrupt_id in command.resume:
+                registry.withdraw_decision(conn, thread_id, interrupt_id)
+        self.events.record(thread_id, "answer_refused", error=describe_error(exc))
+        return self._settle(template, thread_id, self._graph(template).get_state(self._config(thread_id)))
 
     def _settle(self, template: Template, thread_id: str, snapshot: StateSnapshot) -> ThreadView:
         """Write where the checkpoint says the thread stands into the registry."""

@@ -3,6 +3,7 @@ settings, the side-effect ledger, the event log, the outside systems and judgeme
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -28,6 +29,7 @@ class Adapters:
 class Services(Generic[SettingsT]):
     thread_id: str
     settings: SettingsT
+    ensure_held: Callable[[], None]  # raises LeaseLost if this process lost the thread's lock
     effects: EffectLedger
     events: EventLog
     billing: Billing

@@ -50,10 +50,12 @@ AnswerT = TypeVar("AnswerT", bound=BaseModel)
 
 
 def step(fn: NodeFn) -> NodeFn:
-    """The node `fn`, with DURAKIT_FAULT's `before`/`after` points and retry events."""
+    """The node `fn`, with DURAKIT_FAULT's `before`/`after` points and retry events; it
+    refuses to start if this process has lost the thread's lock."""
     name = fn.__name__
 
     def node(state: Any, runtime: Runtime[Any]) -> dict[str, Any]:
+        runtime.context.ensure_held()
         faults.maybe_kill(name, "before")
         attempt = runtime.execution_info.node_attempt
         if attempt > 1:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.graph import StateGraph
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic_settings import BaseSettings
 
 # Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
@@ -24,6 +24,13 @@ class TemplateRequest(BaseModel):
     """Base of every template's input: unknown fields are refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def no_nul_characters(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")  # PostgreSQL text cannot hold them
+        return value
 
     def business_key(self) -> str:
         """What makes two requests the same request (the thread id is derived from it)."""
@@ -39,6 +46,9 @@ class Template:
     builder: StateGraph
     initial_state: Callable[[Any], dict[str, Any]]
     summarize: Callable[[dict[str, Any]], dict[str, Any]]
+    answers: dict[str, type[BaseModel]] = field(default_factory=dict)
+    """The answer model of each node that asks a person, so an answer is checked before
+    anything is written."""
 
     def thread_id_for(self, request: TemplateRequest) -> str:
         return f"{self.name}-{request.business_key()}"

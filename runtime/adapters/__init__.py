@@ -31,7 +31,8 @@ class Billing(Protocol):
     def get_order(self, order_id: str) -> Order | None: ...
 
     def refund(self, *, order_id: str, amount_cents: int, idempotency_key: str) -> dict[str, Any]:
-        """Refund part or all of an order; returns at least `refund_id`."""
+        """Refund part or all of an order. Returns `refund_id`, or `refund_id: None` and
+        `refused` (why) when billing will not refund, e.g. more than is left on the order."""
         ...
 
 

@@ -42,6 +42,13 @@ SELECT o.order_id, o.customer_id, o.customer_email, o.amount_cents, o.currency, 
 FROM sandbox_orders o WHERE o.order_id = %s
 """
 
+# Locks the order row, so two refunds of one order are checked one after the other.
+REFUNDABLE_SQL = """
+SELECT o.amount_cents - coalesce((SELECT sum(r.amount_cents) FROM sandbox_refunds r
+                                  WHERE r.order_id = o.order_id), 0) AS left_cents
+FROM sandbox_orders o WHERE o.order_id = %s FOR UPDATE
+"""
+
 ADD_ORDER_SQL = """
 INSERT INTO sandbox_orders (order_id, customer_id, customer_email, amount_cents, currency, ordered_at)
 VALUES (%s, %s, %s, %s, %s, now() - make_interval(days => %s))
@@ -84,7 +91,16 @@ class Sandbox:
             return conn.execute(ORDER_SQL, (order_id,)).fetchone()  # type: ignore[return-value]
 
     def refund(self, *, order_id: str, amount_cents: int, idempotency_key: str) -> dict[str, Any]:
+        """Refund, or refuse (as payment APIs do) when the order has less left to refund.
+
+        The refusal is an answer like any other: stored under the key and replayed."""
+
         def apply(conn: Connection) -> dict[str, Any]:
+            order = conn.execute(REFUNDABLE_SQL, (order_id,)).fetchone()
+            if order is None:
+                return {"refund_id": None, "refused": "the order does not exist"}
+            if amount_cents > order["left_cents"]:
+                return {"refund_id": None, "refused": "the amount exceeds what is left to refund on the order"}
             refund_id = f"re_{uuid.uuid4().hex[:16]}"
             conn.execute(
                 "INSERT INTO sandbox_refunds (refund_id, order_id, amount_cents, idempotency_key)"

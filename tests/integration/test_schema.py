@@ -10,7 +10,7 @@ from alembic.script import ScriptDirectory
 from langgraph.checkpoint.postgres import PostgresSaver
 
 from durakit import db
-from durakit.errors import SchemaBehind
+from durakit.errors import DatabaseUnavailable, SchemaBehind
 from tests.conftest import create_database, drop_database
 
 CHECKPOINT_TABLES = ("checkpoint_migrations", "checkpoints", "checkpoint_blobs", "checkpoint_writes")
@@ -72,3 +72,11 @@ def test_a_server_database_behind_is_refused_and_the_embedded_one_migrates_itsel
         db.ensure_schema(db.Database(scratch_database, embedded=False))
     db.ensure_schema(db.Database(scratch_database, embedded=True))
     assert db.current_revision(scratch_database) == db.SCHEMA_HEAD
+
+
+def test_a_checkpoint_migration_alembic_lacks_is_refused(scratch_database):
+    db.upgrade(scratch_database)
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute("DELETE FROM checkpoint_migrations WHERE v = (SELECT max(v) FROM checkpoint_migrations)")
+    with pytest.raises(DatabaseUnavailable, match="checkpoint migrations"):
+        db.ensure_schema(db.Database(scratch_database, embedded=False))

@@ -1,0 +1,163 @@
+"""Regression tests for failure modes found in review: stuck threads, lost locks,
+over-refunds, and bad input that used to write."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from durakit.adapters.sandbox import Sandbox
+from durakit.errors import InvalidInput
+from durakit.lease import LeaseLost, ThreadLocks
+from durakit.runner import Runner
+from durakit.services import Adapters
+from tests.conftest import create_database, drop_database, side_effect_counts, unique
+
+
+def refund(runner: Runner, order_id: str, amount: str, **extra: str):
+    return runner.run("refund", {"order_id": order_id, "amount": amount, "reason": "arrived broken", **extra})
+
+
+def count(conn, sql: str, *params) -> int:
+    return conn.execute(sql, params).fetchone()["count"]
+
+
+def test_a_refused_answer_writes_nothing_at_all(runner, make_order, conn):
+    view = refund(runner, make_order(30000), "250.00")
+    events = count(conn, "SELECT count(*) FROM durakit_events WHERE thread_id = %s", view.thread_id)
+    writes = count(conn, "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s", view.thread_id)
+    with pytest.raises(InvalidInput, match="note"):
+        runner.approve(view.thread_id, "approve", by="dana", note="x" * 2001)
+    after = runner.status(view.thread_id)
+    assert (after.status, after.attempts) == ("waiting", view.attempts)
+    assert count(conn, "SELECT count(*) FROM durakit_events WHERE thread_id = %s", view.thread_id) == events
+    assert count(conn, "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s", view.thread_id) == writes
+
+
+def test_a_recorded_answer_the_node_refuses_is_withdrawn_on_recover(runner, make_order, conn):
+    """An answer recorded by an older answer model (or by hand) must not wedge the thread."""
+    view = refund(runner, make_order(30000), "250.00")
+    bad_answer = {"decision": "approve", "by": "", "note": None}  # `by` must not be empty
+    conn.execute(
+        "INSERT INTO durakit_decisions (thread_id, interrupt_id, decision, decided_by, answer) VALUES (%s, %s, 'approve', '', %s)",
+        (view.thread_id, view.interrupt["id"], Jsonb(bad_answer)),
+    )
+    conn.execute("UPDATE durakit_threads SET status = 'running' WHERE thread_id = %s", (view.thread_id,))
+
+    report = runner.recover()
+    recovered = next(v for v in report.resumed if v.thread_id == view.thread_id)
+    assert recovered.status == "waiting"
+    assert count(conn, "SELECT count(*) FROM durakit_decisions WHERE thread_id = %s", view.thread_id) == 0
+    assert runner.approve(view.thread_id, "approve", by="dana").status == "completed"
+
+
+def test_recover_goes_on_past_a_thread_it_cannot_resume(runner, make_order, conn):
+    broken = unique("refund-broken")
+    conn.execute(
+        "INSERT INTO durakit_threads (thread_id, template, status, request) VALUES (%s, 'retired-template', 'running', '{}')",
+        (broken,),
+    )
+    order_id = make_order(30000)
+    stale = unique("refund-stale")
+    conn.execute(
+        "INSERT INTO durakit_threads (thread_id, template, status, request) VALUES (%s, 'refund', 'running', %s)",
+        (stale, Jsonb({"order_id": order_id, "amount": "10.00", "reason": "late", "ticket_id": None})),
+    )
+    try:
+        report = runner.recover()
+        assert "retired-template" in report.errors[broken]
+        assert next(v for v in report.resumed if v.thread_id == stale).status == "completed"
+    finally:
+        conn.execute("DELETE FROM durakit_threads WHERE thread_id = %s", (broken,))
+
+
+class LockKillingBilling(Sandbox):
+    """Billing that, while a run is inside it, has the run's lock session terminated
+    (as a server restart or an idle-session timeout would)."""
+
+    def __init__(self, pool, victim: ThreadLocks) -> None:
+        super().__init__(pool)
+        self.victim = victim
+
+    def get_order(self, order_id: str):
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (self.victim._conn.info.backend_pid,))
+        return super().get_order(order_id)
+
+
+def test_a_run_that_loses_its_lock_stops_before_acting(test_database, make_order, conn):
+    order_id = make_order(30000)
+    with Runner.open() as runner:
+        billing = LockKillingBilling(runner.pool, runner.locks)
+        runner.adapters = Adapters(billing=billing, crm=runner.sandbox, notifier=runner.sandbox, audit=runner.sandbox)
+        with pytest.raises(LeaseLost):
+            refund(runner, order_id, "10.00")
+    thread_id = f"refund-{order_id}"
+    assert conn.execute("SELECT status FROM durakit_threads WHERE thread_id = %s", (thread_id,)).fetchone()["status"] == "running"
+    assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 0
+    with Runner.open() as other:
+        recovered = next(v for v in other.recover().resumed if v.thread_id == thread_id)
+    assert recovered.status == "completed"
+    assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 1
+
+
+def test_two_threads_of_one_process_cannot_both_hold_a_thread(runner):
+    thread_id = unique("in-process")
+    results: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def grab() -> None:
+        barrier.wait()
+        results.append(runner.locks.try_acquire(thread_id))
+
+    workers = [threading.Thread(target=grab) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    runner.locks.release(thread_id)
+    assert sorted(results) == [False, True]
+
+
+def test_a_lock_in_another_database_does_not_hide_a_dead_run(runner, make_order, conn, admin_url):
+    thread_id = unique("refund-cross-db")
+    conn.execute(
+        "INSERT INTO durakit_threads (thread_id, template, status, request) VALUES (%s, 'refund', 'running', %s)",
+        (thread_id, Jsonb({"order_id": make_order(30000), "amount": "10.00", "reason": "late", "ticket_id": None})),
+    )
+    name = f"durakit_other_{unique('db').replace('-', '_')}"
+    other_url = create_database(admin_url, name)
+    other_locks = ThreadLocks(other_url)
+    try:
+        assert other_locks.try_acquire(thread_id)  # same thread id, another database
+        assert runner.status(thread_id).stale is True
+        assert thread_id in [v.thread_id for v in runner.recover().resumed]
+    finally:
+        other_locks.close()
+        drop_database(admin_url, name)
+
+
+def test_two_tickets_cannot_refund_more_than_the_order(runner, make_order, conn):
+    order_id = make_order(30000)
+    first = refund(runner, order_id, "250.00", ticket_id=unique("T"))
+    second = refund(runner, order_id, "250.00", ticket_id=unique("T"))
+    assert first.status == second.status == "waiting"  # each alone is refundable
+    assert runner.approve(first.thread_id, "approve", by="dana").result["outcome"] == "refunded"
+    late = runner.approve(second.thread_id, "approve", by="dana")
+    assert late.result["outcome"] == "ineligible"
+    assert late.result["reasons"] == ["the amount exceeds what is left to refund on the order"]
+    refunded = conn.execute("SELECT sum(amount_cents) AS cents FROM sandbox_refunds WHERE order_id = %s", (order_id,))
+    assert refunded.fetchone()["cents"] == 25000
+
+
+def test_a_nul_character_is_bad_input_not_a_crash(runner, make_order):
+    with pytest.raises(InvalidInput, match="NUL"):
+        runner.run("refund", {"order_id": make_order(), "amount": "5.00", "reason": "a\x00b"})
+
+
+def test_the_same_amount_written_differently_is_the_same_request(runner, make_order):
+    order_id = make_order(30000)
+    first = refund(runner, order_id, "50")
+    assert refund(runner, order_id, "50.00").thread_id == first.thread_id
