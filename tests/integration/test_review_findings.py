@@ -8,6 +8,7 @@ import threading
 import pytest
 from psycopg.types.json import Jsonb
 
+from durakit.adapters import TransientAdapterError
 from durakit.adapters.sandbox import Sandbox
 from durakit.errors import InvalidInput
 from durakit.lease import LeaseLost, ThreadLocks
@@ -161,3 +162,31 @@ def test_the_same_amount_written_differently_is_the_same_request(runner, make_or
     order_id = make_order(30000)
     first = refund(runner, order_id, "50")
     assert refund(runner, order_id, "50.00").thread_id == first.thread_id
+
+
+class FlakyBilling(Sandbox):
+    """Billing whose first two refund calls time out, as a real API sometimes does."""
+
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        self.failures_left = 2
+
+    def refund(self, **kwargs):
+        if self.failures_left:
+            self.failures_left -= 1
+            raise TransientAdapterError("billing timed out")
+        return super().refund(**kwargs)
+
+
+def test_transient_failures_are_retried_and_logged(test_database, make_order, conn):
+    order_id = make_order(30000)
+    with Runner.open() as runner:
+        runner.adapters = Adapters(
+            billing=FlakyBilling(runner.pool), crm=runner.sandbox, notifier=runner.sandbox, audit=runner.sandbox
+        )
+        view = refund(runner, order_id, "10.00")
+        events = runner.history(view.thread_id).extra["events"]
+    assert view.status == "completed"
+    retries = [(e["node"], e["detail"]["attempt"]) for e in events if e["kind"] == "retried"]
+    assert retries == [("issue_refund", 2), ("issue_refund", 3)]
+    assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 1
