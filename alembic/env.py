@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from alembic import context
 from sqlalchemy import create_engine, pool, text
+
+from alembic import context
 
 MIGRATION_LOCK_KEY = 7_231_840_112  # arbitrary, fixed: serialises concurrent upgrades
 

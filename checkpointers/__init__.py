@@ -28,22 +28,27 @@ def connection_kwargs(*, transaction_pooler: bool = False) -> dict[str, Any]:
     }
 
 
+def pool_options(*, max_size: int, transaction_pooler: bool, name: str) -> dict[str, Any]:
+    """Pool settings shared by the sync and async pools: connections are checked before
+    they are lent and recycled when idle or old."""
+    return {
+        "min_size": 1,
+        "max_size": max_size,
+        "kwargs": connection_kwargs(transaction_pooler=transaction_pooler),
+        "max_idle": 300,
+        "max_lifetime": 1800,
+        "timeout": CONNECT_TIMEOUT_SECONDS * 2,
+        "name": name,
+        "open": False,
+    }
+
+
 def open_pool(
     url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit"
 ) -> ConnectionPool:
-    """An open pool that checks connections before lending them and recycles old ones."""
-    pool = ConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs=connection_kwargs(transaction_pooler=transaction_pooler),
-        check=ConnectionPool.check_connection,
-        max_idle=300,
-        max_lifetime=1800,
-        timeout=CONNECT_TIMEOUT_SECONDS * 2,
-        name=name,
-        open=False,
-    )
+    """An open sync pool, or PoolTimeout if the database cannot be reached."""
+    options = pool_options(max_size=max_size, transaction_pooler=transaction_pooler, name=name)
+    pool = ConnectionPool(url, check=ConnectionPool.check_connection, **options)
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
     return pool
 
@@ -51,18 +56,9 @@ def open_pool(
 async def open_async_pool(
     url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit"
 ) -> AsyncConnectionPool:
-    pool = AsyncConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs=connection_kwargs(transaction_pooler=transaction_pooler),
-        check=AsyncConnectionPool.check_connection,
-        max_idle=300,
-        max_lifetime=1800,
-        timeout=CONNECT_TIMEOUT_SECONDS * 2,
-        name=name,
-        open=False,
-    )
+    """An open async pool, same settings as `open_pool`."""
+    options = pool_options(max_size=max_size, transaction_pooler=transaction_pooler, name=name)
+    pool = AsyncConnectionPool(url, check=AsyncConnectionPool.check_connection, **options)
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
     return pool
 

@@ -11,7 +11,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -57,12 +57,12 @@ def finish(view, as_json: bool) -> None:
 @app.command()
 def run(
     template: Annotated[str, typer.Argument(metavar="TEMPLATE", help="Template name; `durakit templates` lists them.")],
-    input_json: Annotated[Optional[str], typer.Option("--input", help="The request as a JSON object.")] = None,
+    input_json: Annotated[str | None, typer.Option("--input", help="The request as a JSON object.")] = None,
     input_file: Annotated[
-        Optional[Path], typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
+        Path | None, typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
     ] = None,
     thread_id: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--thread-id", help="Id for the new thread. Default: derived from the request's business key, "
                      "so the same request twice reaches the same thread."),
     ] = None,
@@ -104,8 +104,8 @@ def resume(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
 def approve(
     thread_id: ThreadArg,
     decision: Annotated[str, typer.Option("--decision", help="The answer, one of those the question allows (e.g. approve, reject).")],
-    by: Annotated[Optional[str], typer.Option("--by", help="Who decides (default: your user name).")] = None,
-    note: Annotated[Optional[str], typer.Option("--note", help="A note kept with the decision.")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who decides (default: your user name).")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="A note kept with the decision.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Answer the question a waiting thread asks, and run the thread on from there.
@@ -139,33 +139,30 @@ def history(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
 @app.command()
 def threads(
     status_filter: Annotated[
-        Optional[str], typer.Option("--status", help="Only threads in this status: running, waiting, completed or failed.")
+        str | None, typer.Option("--status", help="Only threads in this status: running, waiting, completed or failed.")
     ] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="Only threads of this template.")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Only threads of this template.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List threads, newest first. `--status failed` is the dead-letter view."""
-    from durakit import output
-
     with open_runner() as runner:
-        views = runner.threads(status=status_filter, template=template)
-    if as_json:
-        output.print_json({"threads": [view.to_dict() for view in views]})
-    else:
-        output.show_threads(views, empty="No threads match.")
+        show_threads(runner.threads(status=status_filter, template=template), as_json, empty="No threads match.")
 
 
 @app.command()
 def pending(as_json: JsonFlag = False) -> None:
     """List threads waiting for a person, with the question each one asks."""
+    with open_runner() as runner:
+        show_threads(runner.pending(), as_json, empty="Nothing is waiting for a decision.")
+
+
+def show_threads(views, as_json: bool, *, empty: str) -> None:
     from durakit import output
 
-    with open_runner() as runner:
-        views = runner.pending()
     if as_json:
         output.print_json({"threads": [view.to_dict() for view in views]})
     else:
-        output.show_threads(views, empty="Nothing is waiting for a decision.")
+        output.show_threads(views, empty=empty)
 
 
 @app.command()

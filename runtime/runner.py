@@ -252,6 +252,7 @@ class Runner:
                     f"{decision!r} is not an answer to this question; choose one of: {', '.join(allowed)}."
                 )
             template = get_template(row["template"])
+            settings = self._settings(template)
             snapshot = self._graph(template).get_state(self._config(thread_id))
             if interrupt["id"] not in {pending.id for pending in snapshot.interrupts}:
                 raise Conflict(f"The question thread {thread_id} asked has been answered already.")
@@ -264,9 +265,7 @@ class Runner:
                         f"at {earlier.get('decided_at')}."
                     )
             self.events.record(thread_id, "decided", interrupt.get("node"), decision=decision, by=by, note=note)
-            return self._advance(
-                template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", self._settings(template)
-            )
+            return self._advance(template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", settings)
 
     def recover(self) -> RecoveryReport:
         """Resume every `running` thread whose process died (nobody holds its lock)."""
@@ -281,10 +280,12 @@ class Runner:
                 row = self._row(thread_id)
                 if row["status"] == "running":
                     report.resumed.append(self._continue(row, "recovered"))
-            except (DurakitError, psycopg.Error) as exc:
-                if isinstance(exc, DatabaseUnavailable) or isinstance(exc, psycopg.OperationalError):
-                    raise  # the database itself is gone: nothing else can be recovered now
-                report.errors[thread_id] = str(exc) if isinstance(exc, DurakitError) else describe_error(exc)
+            except (DatabaseUnavailable, psycopg.OperationalError):
+                raise  # the database itself is gone: nothing else can be recovered now
+            except DurakitError as exc:
+                report.errors[thread_id] = str(exc)
+            except psycopg.Error as exc:
+                report.errors[thread_id] = describe_error(exc)
             finally:
                 self.locks.release(thread_id)
         return report
@@ -300,9 +301,10 @@ class Runner:
     def history(self, thread_id: str) -> ThreadView:
         """The thread's status plus its event log, decisions and checkpoints."""
         view = self.status(thread_id)
+        events = self.events.for_thread(thread_id)
         with self.pool.connection() as conn:
             view.extra = {
-                "events": self.events.for_thread(thread_id),
+                "events": events,
                 "decisions": registry.decisions(conn, thread_id),
                 "checkpoints": registry.checkpoints(conn, thread_id),
             }
@@ -355,13 +357,12 @@ class Runner:
         template = get_template(row["template"])
         settings = self._settings(template)
         thread_id = row["thread_id"]
-        config = self._config(thread_id)
-        if self.saver.get_tuple(config) is None:
+        snapshot = self._graph(template).get_state(self._config(thread_id))
+        if snapshot.created_at is None:
             # It died before its first checkpoint: LangGraph knows nothing of it, but the
             # registry kept the request, so it starts again from the beginning.
             request = template.request_model.model_validate(row["request"])
             return self._advance(template, thread_id, template.initial_state(request), kind, settings)
-        snapshot = self._graph(template).get_state(config)
         if snapshot.interrupts:
             # Answered but not yet carried out when the process died: answer again.
             with self.pool.connection() as conn:
@@ -386,6 +387,7 @@ class Runner:
         self.events.record(thread_id, kind)
         graph = self._graph(template)
         config = self._config(thread_id)
+
         def ensure_held() -> None:
             self.locks.ensure_held(thread_id)
 

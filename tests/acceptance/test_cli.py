@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+from psycopg import sql
 
 from tests.conftest import durakit, durakit_json, unique
 
@@ -146,7 +146,8 @@ def test_status_and_history_show_effects_events_and_decisions(waiting_thread):
 def test_recover_with_nothing_to_do():
     code, report, _ = durakit_json("recover")
     assert code == 0
-    assert set(report) == {"resumed", "busy"}
+    assert set(report) == {"resumed", "busy", "errors"}
+    assert report["errors"] == {}
 
 
 def test_templates_lists_refund_with_its_input_schema():
@@ -167,7 +168,8 @@ def test_help_teaches_each_command():
 def test_failed_thread_exits_1_and_resume_completes_it_after_the_fix(make_order, conn):
     order_id = make_order(30000)
     # An outside-system error that is not transient: the refund step fails for good.
-    conn.execute("ALTER TABLE sandbox_refunds ADD CONSTRAINT durakit_test_block CHECK (order_id <> %s)" % f"'{order_id}'")
+    block = sql.SQL("ALTER TABLE sandbox_refunds ADD CONSTRAINT durakit_test_block CHECK (order_id <> {})")
+    conn.execute(block.format(sql.Literal(order_id)))
     try:
         code, view, stderr = durakit_json("run", "refund", "--input", refund_input(order_id, "10.00"))
         assert code == 1 and one_sentence(stderr) and "durakit resume" in stderr

@@ -4,16 +4,16 @@ then finish the thread from a new process: every side effect happens exactly onc
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
-import os
 
 import pytest
 
 from durakit.graphs.refund import TEMPLATE as REFUND
-from tests.conftest import durakit, side_effect_counts, unique
+from tests.conftest import durakit, side_effect_counts
 
 pytestmark = pytest.mark.crash
 
