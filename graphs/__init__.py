@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from durakit.errors import NotFound
-from durakit.graphs import refund
+from durakit.graphs import booking, cancellation_save, escalation, refund
 from durakit.templates import Template
 
-TEMPLATES: dict[str, Template] = {template.name: template for template in (refund.TEMPLATE,)}
+TEMPLATES: dict[str, Template] = {
+    template.name: template
+    for template in (refund.TEMPLATE, booking.TEMPLATE, cancellation_save.TEMPLATE, escalation.TEMPLATE)
+}
 
 
 def get_template(name: str) -> Template:

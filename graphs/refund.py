@@ -1,8 +1,8 @@
-"""Refund: a customer asks for money back on an order.
+r"""Refund: a customer asks for money back on an order.
 
     load_order -> check_eligibility -> issue_refund -> sync_crm -> notify_customer -> write_audit
-                                    \\-> request_approval -> await_approval -/  (approve)
-                                    \\-> notify_customer (ineligible, or rejected by a person,
+                                    \-> request_approval -> await_approval -/  (approve)
+                                    \-> notify_customer (ineligible, or rejected by a person,
                                                         or refused by billing at issue time)
 
 Small, low-risk refunds are issued on their own; anything above the auto-approval limit
@@ -62,7 +62,13 @@ def check_eligibility(state: RefundState, runtime: Context) -> dict[str, Any]:
     if reasons:
         return {"eligibility": {"eligible": False, "reasons": reasons}, "route": "ineligible", "outcome": "ineligible"}
 
-    risk = runtime.context.judgement.assess_refund_risk(order, state["amount_cents"], state["reason"])
+    # A model's unusable answer falls back to the rules: refunds are small, rules are safe.
+    risk = runtime.context.judge(
+        "check_eligibility",
+        {"order": order, "amount_cents": state["amount_cents"], "reason": state["reason"]},
+        lambda judgement: judgement.assess_refund_risk(order, state["amount_cents"], state["reason"]),
+        if_malformed="rules",
+    )
     small = state["amount_cents"] <= settings.auto_approve_limit * 100
     route = "auto_approve" if small and risk["risk"] == "low" else "needs_approval"
     return {"eligibility": {"eligible": True, "reasons": []}, "risk": risk, "route": route}
@@ -71,15 +77,12 @@ def check_eligibility(state: RefundState, runtime: Context) -> dict[str, Any]:
 def request_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
     order, risk = state["order"], state["risk"]
     amount = money(state["amount_cents"], order["currency"])
-    request = {
-        "to": runtime.context.settings.approvals_inbox,
-        "subject": f"Refund approval needed: {amount} on order {state['order_id']}",
-        "body": f"Risk {risk['risk']} ({'; '.join(risk['reasons']) or 'no flags'}). "
+    sent = runtime.context.send_email(
+        "request_approval",
+        to=runtime.context.settings.approvals_inbox,
+        subject=f"Refund approval needed: {amount} on order {state['order_id']}",
+        body=f"Risk {risk['risk']} ({'; '.join(risk['reasons']) or 'no flags'}). "
         f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
-    }
-    sent = runtime.context.effects.apply(
-        "request_approval", "email", request,
-        lambda key: runtime.context.notifier.send_email(**request, idempotency_key=key),
     )
     return {"approval_request": sent}
 
@@ -146,11 +149,7 @@ def notify_customer(state: RefundState, runtime: Context) -> dict[str, Any]:
         ),
     }
     subject, body = messages[state["outcome"]]
-    request = {"to": order["customer_email"], "subject": subject, "body": body}
-    sent = runtime.context.effects.apply(
-        "notify_customer", "email", request,
-        lambda key: runtime.context.notifier.send_email(**request, idempotency_key=key),
-    )
+    sent = runtime.context.send_email("notify_customer", to=order["customer_email"], subject=subject, body=body)
     return {"notification": sent}
 
 

@@ -199,7 +199,7 @@ def templates(as_json: JsonFlag = False) -> None:
 
 @app.command()
 def demo() -> None:
-    """Tell the refund story on the embedded database: auto-refund, approval, crash and recovery."""
+    """Tell each template's story (refund, booking, cancellation-save, escalation), with a crash and recovery in each."""
     from durakit.demo import main as run_demo
 
     run_demo()

@@ -24,7 +24,7 @@ from durakit.settings import KitSettings
 
 # Alembic revisions in order; the last is the head this code needs. A test checks it
 # against the migration scripts, so this module never has to import alembic.
-SCHEMA_REVISIONS = ("0001", "0002")
+SCHEMA_REVISIONS = ("0001", "0002", "0003")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 CONNECT_TIMEOUT_SECONDS = 5
 

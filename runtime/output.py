@@ -49,6 +49,8 @@ def show_thread(view: ThreadView) -> None:
         console.print(f"  after fixing the cause: durakit resume {view.thread_id}")
     if view.effects:
         console.print(effects_table(view.effects))
+    for timer in view.timers or []:
+        console.print(f"  timer {timer['name']}: due {timer['due_at']} ({timer['status']})")
 
 
 def effects_table(effects: list[dict[str, Any]]) -> Table:
@@ -57,9 +59,10 @@ def effects_table(effects: list[dict[str, Any]]) -> Table:
     for column in ("system", "status", "durakit calls", "received", "applied"):
         table.add_column(column)
     for effect in effects:
+        outside = effect["system"] != "judgement"  # judgement answers are recorded, not sent anywhere
         table.add_row(
-            effect["step_key"], effect["system"], effect["status"],
-            str(effect["calls"]), str(effect["received"]), str(effect["applied"]),
+            effect["step_key"], effect["system"], effect["status"], str(effect["calls"]),
+            str(effect["received"]) if outside else "-", str(effect["applied"]) if outside else "-",
         )
     return table
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,12 +37,13 @@ from durakit.checkpointers import open_pool, postgres_saver
 from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidInput, NotFound
 from durakit.events import EventLog
 from durakit.graphs import TEMPLATES, get_template
-from durakit.judgement import Judgement, RulesJudgement
+from durakit.judgement import Judgement, judgement_from_env
 from durakit.lease import LeaseLost, ThreadLocks
 from durakit.ledger import EffectLedger, thread_effects
 from durakit.services import Adapters, Services
 from durakit.settings import KitSettings
 from durakit.templates import THREAD_ID_PATTERN, Template, TemplateRequest
+from durakit.timers import Timers, thread_timers
 
 STATUSES = ("running", "waiting", "completed", "failed")
 
@@ -63,6 +65,7 @@ class ThreadView:
     created_at: str | None = None
     updated_at: str | None = None
     effects: list[dict[str, Any]] | None = None
+    timers: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -85,8 +88,9 @@ class ThreadView:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
-        if data["effects"] is None:
-            del data["effects"]
+        for detail in ("effects", "timers"):
+            if data[detail] is None:
+                del data[detail]
         return {**data, **extra}
 
 
@@ -168,9 +172,14 @@ class Runner:
         self.events = EventLog(self.pool)
         self.sandbox = Sandbox(self.pool)
         self.adapters = adapters or Adapters(
-            billing=self.sandbox, crm=self.sandbox, notifier=self.sandbox, audit=self.sandbox
+            billing=self.sandbox,
+            crm=self.sandbox,
+            notifier=self.sandbox,
+            audit=self.sandbox,
+            calendar=self.sandbox,
+            ticketing=self.sandbox,
         )
-        self.judgement = judgement or RulesJudgement()
+        self.judgement = judgement or judgement_from_env()
         self.template_settings = dict(template_settings or {})
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._graphs: dict[str, CompiledStateGraph] = {}
@@ -290,12 +299,26 @@ class Runner:
                 self.locks.release(thread_id)
         return report
 
+    def wait_until_released(self, thread_id: str, timeout: float = 10.0) -> bool:
+        """Wait until no process holds the thread; False if one still does after `timeout`.
+
+        A process that was killed keeps its lock until PostgreSQL notices the lost
+        connection, usually within milliseconds: call this before resuming right after a kill.
+        """
+        deadline = time.monotonic() + timeout
+        while self._row(check_thread_id(thread_id))["lease_held"]:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     # Looking at threads
 
     def status(self, thread_id: str) -> ThreadView:
         """Where the thread stands, with every side effect and how the outside system saw it."""
         view = ThreadView.from_row(self._row(check_thread_id(thread_id)))
         view.effects = thread_effects(self.pool, thread_id)
+        view.timers = thread_timers(self.pool, thread_id)
         return view
 
     def history(self, thread_id: str) -> ThreadView:
@@ -396,11 +419,14 @@ class Runner:
             settings=settings,
             ensure_held=ensure_held,
             effects=EffectLedger(self.pool, thread_id, ensure_held),
+            timers=Timers(self.pool, thread_id),
             events=self.events,
             billing=self.adapters.billing,
             crm=self.adapters.crm,
             notifier=self.adapters.notifier,
             audit=self.adapters.audit,
+            calendar=self.adapters.calendar,
+            ticketing=self.adapters.ticketing,
             judgement=self.judgement,
         )
         try:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,7 +32,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT_ERRORS)
+    return isinstance(exc, TRANSIENT_ERRORS) or is_transient_model_error(exc)
+
+
+def is_transient_model_error(exc: BaseException) -> bool:
+    """A model API's 429, 5xx, timeout or lost connection (the openai client's errors)."""
+    if "openai" not in sys.modules:
+        return False  # no model client loaded, so this cannot be one of its errors
+    import openai
+
+    return isinstance(
+        exc, (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+    )
 
 
 TRANSIENT_RETRY = RetryPolicy(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.graph import StateGraph
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings
 
 # Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
@@ -35,6 +35,17 @@ class TemplateRequest(BaseModel):
     def business_key(self) -> str:
         """What makes two requests the same request (the thread id is derived from it)."""
         raise NotImplementedError
+
+
+class HumanAnswer(BaseModel):
+    """What `durakit approve` sends a waiting node: the decision, who gave it, and a note.
+    A template's answer model derives from this and narrows `decision`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: str = Field(min_length=1, max_length=100)
+    by: str = Field(min_length=1, max_length=100)
+    note: str | None = Field(None, max_length=2000)
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from durakit.adapters import Order
 from durakit.judgement import RiskAssessment
-from durakit.templates import IDENTIFIER, TemplateRequest
+from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
 
 class RefundSettings(BaseSettings):
@@ -41,14 +41,10 @@ class RefundRequest(TemplateRequest):
         return self.ticket_id or self.order_id
 
 
-class ApprovalAnswer(BaseModel):
+class ApprovalAnswer(HumanAnswer):
     """A person's answer to an approval request."""
 
-    model_config = ConfigDict(extra="forbid")
-
     decision: Literal["approve", "reject"]
-    by: str = Field(min_length=1, max_length=100)
-    note: str | None = Field(None, max_length=2000)
 
 
 class Eligibility(TypedDict):

@@ -19,6 +19,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -128,6 +129,25 @@ def make_order(runner: Runner):
         return order_id
 
     return make
+
+
+@pytest.fixture
+def make_account(runner: Runner):
+    """Seed a sandbox subscription and return its id; keyword arguments override usage and price."""
+
+    def make(**overrides: Any) -> str:
+        account_id = unique("ACC")
+        fields = {"customer_id": unique("cust"), "customer_email": f"{account_id.lower()}@example.com", **overrides}
+        runner.sandbox.add_account(account_id, **fields)
+        return account_id
+
+    return make
+
+
+def future_slot(days: int = 5, hour: int = 10) -> str:
+    """An hourly slot that is always in the future and inside the sandbox's opening hours."""
+    day = datetime.now(UTC) + timedelta(days=days)
+    return day.replace(hour=hour, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def durakit(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

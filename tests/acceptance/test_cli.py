@@ -150,11 +150,16 @@ def test_recover_with_nothing_to_do():
     assert report["errors"] == {}
 
 
-def test_templates_lists_refund_with_its_input_schema():
+def test_templates_lists_all_four_with_their_input_schemas():
     code, listing, _ = durakit_json("templates")
     assert code == 0
-    refund = next(t for t in listing["templates"] if t["name"] == "refund")
-    assert set(refund["input_schema"]["required"]) == {"order_id", "amount", "reason"}
+    required = {t["name"]: set(t["input_schema"]["required"]) for t in listing["templates"]}
+    assert required == {
+        "refund": {"order_id", "amount", "reason"},
+        "booking": {"customer_id", "customer_email", "slot"},
+        "cancellation-save": {"account_id", "reason"},
+        "escalation": {"conversation_id", "customer_id", "customer_email", "subject", "message"},
+    }
 
 
 def test_help_teaches_each_command():

@@ -4,6 +4,7 @@ over-refunds, and bad input that used to write."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 from psycopg.types.json import Jsonb
@@ -13,7 +14,6 @@ from durakit.adapters.sandbox import Sandbox
 from durakit.errors import InvalidInput
 from durakit.lease import LeaseLost, ThreadLocks
 from durakit.runner import Runner
-from durakit.services import Adapters
 from tests.conftest import create_database, drop_database, side_effect_counts, unique
 
 
@@ -92,7 +92,7 @@ def test_a_run_that_loses_its_lock_stops_before_acting(test_database, make_order
     order_id = make_order(30000)
     with Runner.open() as runner:
         billing = LockKillingBilling(runner.pool, runner.locks)
-        runner.adapters = Adapters(billing=billing, crm=runner.sandbox, notifier=runner.sandbox, audit=runner.sandbox)
+        runner.adapters = replace(runner.adapters, billing=billing)
         with pytest.raises(LeaseLost):
             refund(runner, order_id, "10.00")
     thread_id = f"refund-{order_id}"
@@ -181,9 +181,7 @@ class FlakyBilling(Sandbox):
 def test_transient_failures_are_retried_and_logged(test_database, make_order, conn):
     order_id = make_order(30000)
     with Runner.open() as runner:
-        runner.adapters = Adapters(
-            billing=FlakyBilling(runner.pool), crm=runner.sandbox, notifier=runner.sandbox, audit=runner.sandbox
-        )
+        runner.adapters = replace(runner.adapters, billing=FlakyBilling(runner.pool))
         view = refund(runner, order_id, "10.00")
         events = runner.history(view.thread_id).extra["events"]
     assert view.status == "completed"

@@ -1,0 +1,179 @@
+r"""Escalation: hand a conversation to a human agent, and make sure somebody takes it.
+
+    fetch_history -> summarize -> create_ticket -> assign_queue -> schedule_reminder -> await_agent
+                                                       ^                                   |
+                                                       \------------ (reassign) -----------+
+                                                                                           v (accept)
+                                                                   mark_accepted -> notify_customer
+
+The summary and priority come from judgement (rules or a model). If a model's answer is
+unusable, the case goes to the triage queue for a person to read, rather than being
+prioritised by a guess. Every assignment (re)starts a reminder timer that fires if the
+ticket is still unaccepted when it is due; accepting cancels it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from durakit.services import Services
+from durakit.state.escalation import (
+    ACCEPT,
+    REASSIGN,
+    AgentAnswer,
+    EscalationRequest,
+    EscalationSettings,
+    EscalationState,
+    initial_state,
+)
+from durakit.steps import TRANSIENT_RETRY, ask_human, step
+from durakit.templates import Template
+
+Context = Runtime[Services[EscalationSettings]]
+
+
+def fetch_history(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    history = runtime.context.crm.recent_interactions(state["customer_id"], runtime.context.settings.history_limit)
+    return {"history": history}
+
+
+def summarize(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    conversation = {
+        "customer_id": state["customer_id"],
+        "subject": state["subject"],
+        "message": state["message"],
+        "history": state["history"],
+    }
+    summary = runtime.context.judge(
+        "summarize", conversation, lambda judgement: judgement.summarize_conversation(conversation), if_malformed="human"
+    )
+    if summary is None:
+        summary = {"summary": f"Needs triage: {state['subject']}", "priority": "normal", "summarized_by": "nobody"}
+        return {"summary": summary, "needs_triage": True}
+    return {"summary": summary, "needs_triage": False}
+
+
+def create_ticket(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    request = {
+        "customer_id": state["customer_id"],
+        "subject": state["subject"],
+        "summary": state["summary"]["summary"],
+        "priority": state["summary"]["priority"],
+    }
+    ticket = runtime.context.effects.apply(
+        "create_ticket", "ticketing", request,
+        lambda key: runtime.context.ticketing.create_ticket(**request, idempotency_key=key),
+    )
+    settings = runtime.context.settings
+    queue = settings.triage_queue if state["needs_triage"] else settings.queue_for_priority[state["summary"]["priority"]]
+    return {"ticket": ticket, "queue": queue}
+
+
+def assign_queue(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    round_ = state["round"] + 1
+    request = {"ticket_id": state["ticket"]["ticket_id"], "queue": state["queue"]}
+    assignment = runtime.context.effects.apply(
+        f"assign_queue:{round_}", "ticketing", request,
+        lambda key: runtime.context.ticketing.assign_queue(**request, idempotency_key=key),
+        node="assign_queue",
+    )
+    return {"assignment": assignment, "round": round_}
+
+
+def schedule_reminder(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    runtime.context.timers.cancel(f"reminder:{state['round'] - 1}")  # the previous queue's, if any
+    due = datetime.fromisoformat(state["assignment"]["assigned_at"]) + timedelta(
+        hours=runtime.context.settings.reminder_hours
+    )
+    reminder = runtime.context.timers.schedule(
+        f"reminder:{state['round']}", due, ticket_id=state["ticket"]["ticket_id"], queue=state["queue"]
+    )
+    return {"reminder": reminder}
+
+
+def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    other_queues = [queue for queue in runtime.context.settings.queues if queue != state["queue"]]
+    answer = ask_human(
+        f"Ticket {state['ticket']['ticket_id']} ({state['summary']['priority']}) in queue {state['queue']}: "
+        f"{state['summary']['summary']}",
+        [ACCEPT, *(REASSIGN + queue for queue in other_queues)],
+        AgentAnswer,
+        ticket_id=state["ticket"]["ticket_id"],
+        queue=state["queue"],
+    )
+    if answer.decision.startswith(REASSIGN):
+        return {"agent": answer.model_dump(), "queue": answer.decision.removeprefix(REASSIGN)}
+    return {"agent": answer.model_dump()}
+
+
+def mark_accepted(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    runtime.context.timers.cancel(f"reminder:{state['round']}")
+    return {"outcome": "accepted"}
+
+
+def notify_customer(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    ticket_id = state["ticket"]["ticket_id"]
+    sent = runtime.context.send_email(
+        "notify_customer",
+        to=state["customer_email"],
+        subject=f"[{ticket_id}] {state['subject']}",
+        body=f"{state['agent']['by']} is now looking after your request. Your reference: {ticket_id}.",
+    )
+    return {"notification": sent}
+
+
+# Routing
+
+
+def after_agent(state: EscalationState) -> str:
+    return "mark_accepted" if state["agent"]["decision"] == ACCEPT else "assign_queue"
+
+
+def summarize_result(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "outcome": state.get("outcome"),
+        "ticket_id": (state.get("ticket") or {}).get("ticket_id"),
+        "queue": state.get("queue"),
+        "priority": (state.get("summary") or {}).get("priority"),
+        "summarized_by": (state.get("summary") or {}).get("summarized_by"),
+        "accepted_by": (state.get("agent") or {}).get("by"),
+        "assignments": state.get("round"),
+    }
+
+
+# The graph
+
+builder = StateGraph(EscalationState, context_schema=Services)
+builder.add_node("fetch_history", step(fetch_history), retry_policy=TRANSIENT_RETRY)
+builder.add_node("summarize", step(summarize), retry_policy=TRANSIENT_RETRY)
+builder.add_node("create_ticket", step(create_ticket), retry_policy=TRANSIENT_RETRY)
+builder.add_node("assign_queue", step(assign_queue), retry_policy=TRANSIENT_RETRY)
+builder.add_node("schedule_reminder", step(schedule_reminder), retry_policy=TRANSIENT_RETRY)
+builder.add_node("await_agent", step(await_agent))
+builder.add_node("mark_accepted", step(mark_accepted), retry_policy=TRANSIENT_RETRY)
+builder.add_node("notify_customer", step(notify_customer), retry_policy=TRANSIENT_RETRY)
+
+builder.add_edge(START, "fetch_history")
+builder.add_edge("fetch_history", "summarize")
+builder.add_edge("summarize", "create_ticket")
+builder.add_edge("create_ticket", "assign_queue")
+builder.add_edge("assign_queue", "schedule_reminder")
+builder.add_edge("schedule_reminder", "await_agent")
+builder.add_conditional_edges("await_agent", after_agent, ["mark_accepted", "assign_queue"])
+builder.add_edge("mark_accepted", "notify_customer")
+builder.add_edge("notify_customer", END)
+
+TEMPLATE = Template(
+    name="escalation",
+    description="Summarise a conversation, open a ticket in the right queue, and wait until an agent accepts it.",
+    request_model=EscalationRequest,
+    settings_model=EscalationSettings,
+    builder=builder,
+    initial_state=initial_state,
+    summarize=summarize_result,
+    answers={"await_agent": AgentAnswer},
+)

@@ -1,0 +1,79 @@
+"""Typed input, settings, state and agent answer of the escalation template."""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from durakit.judgement import ConversationSummary
+from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
+
+ACCEPT = "accept"
+REASSIGN = "reassign:"  # followed by a queue name
+
+
+class EscalationSettings(BaseSettings):
+    """Where escalations go; e.g. DURAKIT_ESCALATION_REMINDER_HOURS=24."""
+
+    model_config = SettingsConfigDict(env_prefix="DURAKIT_ESCALATION_", frozen=True)
+
+    queues: tuple[str, ...] = ("general", "priority", "billing", "technical")
+    queue_for_priority: dict[str, str] = {"urgent": "priority", "high": "priority", "normal": "general", "low": "general"}
+    triage_queue: str = "triage"
+    """Where a case goes when no usable summary could be made: a person sorts it."""
+    reminder_hours: int = Field(48, ge=1)
+    history_limit: int = Field(5, ge=0, le=50)
+
+
+class EscalationRequest(TemplateRequest):
+    """A conversation a first-line agent (or bot) could not resolve."""
+
+    conversation_id: str = Field(pattern=IDENTIFIER, description="Identifies the conversation, and so the request.")
+    customer_id: str = Field(pattern=IDENTIFIER)
+    customer_email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")
+    subject: str = Field(min_length=1, max_length=200)
+    message: str = Field(min_length=1, max_length=5000, description="The customer's latest message.")
+
+    def business_key(self) -> str:
+        return self.conversation_id
+
+
+class AgentAnswer(HumanAnswer):
+    """A human agent accepts the ticket, or sends it to another queue."""
+
+    decision: str = Field(pattern=r"^(accept|reassign:[a-z0-9_-]{1,40})$")
+
+
+Outcome = Literal["accepted"]
+
+
+class EscalationState(TypedDict, total=False):
+    conversation_id: str
+    customer_id: str
+    customer_email: str
+    subject: str
+    message: str
+    history: list[str]
+    summary: ConversationSummary
+    needs_triage: bool
+    ticket: dict
+    queue: str
+    round: int  # queue assignments so far
+    assignment: dict
+    reminder: dict
+    agent: dict
+    notification: dict
+    outcome: Outcome
+
+
+def initial_state(request: EscalationRequest) -> EscalationState:
+    return {
+        "conversation_id": request.conversation_id,
+        "customer_id": request.customer_id,
+        "customer_email": request.customer_email,
+        "subject": request.subject,
+        "message": request.message,
+        "round": 0,
+    }
