@@ -3,18 +3,19 @@ r"""Booking: a customer asks for an appointment slot.
     check_availability -> hold_slot -> take_deposit -> send_confirmation -> schedule_reminder
             |                 |             \-> release_hold -> notify_payment_failed   (card declined)
             |                 \-> check_availability   (taken between the check and the hold)
-            \-> propose_alternatives -> await_choice -> hold_slot          (slot taken: customer picks)
+            \-> propose_alternatives -> await_choice -> check_availability  (slot taken: customer picks)
                                                    \-> notify_no_slot      (nothing suits, or nothing free)
 
 Holding the slot comes before the deposit, so a paying customer always has a slot; a
 declined card releases the hold again (compensation) and the thread ends as
 `payment_failed`, not as a crash. A step that can run more than once in a thread (the
-hold, the proposal) names each run in its ledger step key.
+hold, the proposal) names each run in its ledger step key. A reminder that would fall due
+before the booking is made (a slot sooner than the reminder's lead time) is not recorded.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -46,13 +47,14 @@ def check_availability(state: BookingState, runtime: Context) -> dict[str, Any]:
 
 
 def hold_slot(state: BookingState, runtime: Context) -> dict[str, Any]:
+    attempt = state.get("hold_attempts", 0) + 1  # a refused hold may be tried again later
     request = {"resource": state["service"], "slot": state["slot"], "customer_id": state["customer_id"]}
     hold = runtime.context.effects.apply(
-        f"hold_slot:{state['slot']}", "calendar", request,
+        f"hold_slot:{attempt}", "calendar", request,
         lambda key: runtime.context.calendar.hold_slot(**request, idempotency_key=key),
         node="hold_slot",
     )
-    return {"hold": hold}
+    return {"hold": hold, "hold_attempts": attempt}
 
 
 def propose_alternatives(state: BookingState, runtime: Context) -> dict[str, Any]:
@@ -136,6 +138,8 @@ def send_confirmation(state: BookingState, runtime: Context) -> dict[str, Any]:
 def schedule_reminder(state: BookingState, runtime: Context) -> dict[str, Any]:
     hours = runtime.context.settings.reminder_hours_before
     due = datetime.fromisoformat(state["slot"]) - timedelta(hours=hours)
+    if due <= datetime.now(UTC):
+        return {"reminder": {"skipped": f"the slot is less than {hours} hours away"}, "outcome": "booked"}
     reminder = runtime.context.timers.schedule("reminder", due, slot=state["slot"], to=state["customer_email"])
     return {"reminder": reminder, "outcome": "booked"}
 
@@ -154,7 +158,8 @@ def after_hold(state: BookingState) -> str:
 
 
 def after_choice(state: BookingState) -> str:
-    return "notify_no_slot" if state.get("outcome") == "no_slot" else "hold_slot"
+    # The answer may come days later: the chosen slot is checked again before it is held.
+    return "notify_no_slot" if state.get("outcome") == "no_slot" else "check_availability"
 
 
 def after_deposit(state: BookingState) -> str:
@@ -192,7 +197,7 @@ builder.add_conditional_edges(
 )
 builder.add_conditional_edges("hold_slot", after_hold, ["take_deposit", "check_availability"])
 builder.add_edge("propose_alternatives", "await_choice")
-builder.add_conditional_edges("await_choice", after_choice, ["hold_slot", "notify_no_slot"])
+builder.add_conditional_edges("await_choice", after_choice, ["check_availability", "notify_no_slot"])
 builder.add_conditional_edges("take_deposit", after_deposit, ["send_confirmation", "release_hold"])
 builder.add_edge("release_hold", "notify_payment_failed")
 builder.add_edge("notify_payment_failed", END)

@@ -49,9 +49,9 @@ def cap(offer: RetentionOffer, account: Account, limit_cents: int) -> RetentionO
     percent, months = offer["percent_off"], offer["months"]
     while months > 1 and offer_value(account, percent, months) > limit_cents:
         months -= 1
-    while percent > 0 and offer_value(account, percent, months) > limit_cents:
-        percent -= 5
-    percent = max(percent, 0)
+    monthly = account["monthly_price_cents"] * months
+    if monthly and offer_value(account, percent, months) > limit_cents:
+        percent = limit_cents * 100 // monthly  # the largest whole percent within the limit
     return {**offer, "percent_off": percent, "months": months, "value_cents": offer_value(account, percent, months),
             "rationale": f"{offer['rationale']} (cut to the approval limit)"}
 

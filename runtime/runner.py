@@ -220,7 +220,7 @@ class Runner:
                 existing = None if created else registry.get(conn, thread_id)
             if existing is not None:
                 same = existing["template"] == template.name and (
-                    template.request_model.model_validate(existing["request"]) == parsed
+                    template.request_model.model_validate(existing["request"], context={"stored": True}) == parsed
                 )
                 if not same:
                     raise Conflict(
@@ -293,7 +293,7 @@ class Runner:
                 raise  # the database itself is gone: nothing else can be recovered now
             except DurakitError as exc:
                 report.errors[thread_id] = str(exc)
-            except psycopg.Error as exc:
+            except Exception as exc:  # one thread's problem must not keep the others waiting
                 report.errors[thread_id] = describe_error(exc)
             finally:
                 self.locks.release(thread_id)
@@ -384,7 +384,7 @@ class Runner:
         if snapshot.created_at is None:
             # It died before its first checkpoint: LangGraph knows nothing of it, but the
             # registry kept the request, so it starts again from the beginning.
-            request = template.request_model.model_validate(row["request"])
+            request = template.request_model.model_validate(row["request"], context={"stored": True})
             return self._advance(template, thread_id, template.initial_state(request), kind, settings)
         if snapshot.interrupts:
             # Answered but not yet carried out when the process died: answer again.

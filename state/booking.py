@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
@@ -37,13 +37,15 @@ class BookingRequest(TemplateRequest):
 
     @field_validator("slot")
     @classmethod
-    def on_the_hour_in_the_future(cls, slot: datetime) -> datetime:
+    def on_the_hour_in_the_future(cls, slot: datetime, info: ValidationInfo) -> datetime:
         if slot.tzinfo is None:
             raise ValueError("must include a time zone, e.g. 2026-12-01T10:00:00Z")
         slot = slot.astimezone(UTC)
         if (slot.minute, slot.second, slot.microsecond) != (0, 0, 0):
             raise ValueError("must start on the hour")
-        if slot <= datetime.now(UTC):
+        # A request stored earlier may be read back after its slot passed (a run that died
+        # before its first checkpoint): the calendar then offers other slots.
+        if slot <= datetime.now(UTC) and not (info.context or {}).get("stored"):
             raise ValueError("must be in the future")
         return slot
 
@@ -66,6 +68,7 @@ class BookingState(TypedDict, total=False):
     payment_method: str
     slot: str  # the slot being held or booked
     slot_free: bool
+    hold_attempts: int
     alternatives: list[str]
     rounds: int  # times alternatives were offered
     proposal: dict

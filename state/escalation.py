@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+import re
+from typing import Literal, TypedDict, get_args
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from durakit.judgement import ConversationSummary
+from durakit.judgement import ConversationSummary, Priority
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
 ACCEPT = "accept"
+QUEUE_NAME = r"[a-z0-9_-]{1,40}"
 REASSIGN = "reassign:"  # followed by a queue name
 
 
@@ -26,6 +28,17 @@ class EscalationSettings(BaseSettings):
     reminder_hours: int = Field(48, ge=1)
     history_limit: int = Field(5, ge=0, le=50)
 
+    @model_validator(mode="after")
+    def every_priority_has_a_known_queue(self) -> EscalationSettings:
+        names = [*self.queues, self.triage_queue]
+        bad = [name for name in names if not re.fullmatch(QUEUE_NAME, name)]
+        if bad:
+            raise ValueError(f"queue names must match {QUEUE_NAME}: {', '.join(bad)}")
+        missing = [p for p in get_args(Priority) if self.queue_for_priority.get(p) not in self.queues]
+        if missing:
+            raise ValueError(f"queue_for_priority must map {', '.join(missing)} to one of the queues")
+        return self
+
 
 class EscalationRequest(TemplateRequest):
     """A conversation a first-line agent (or bot) could not resolve."""
@@ -33,7 +46,7 @@ class EscalationRequest(TemplateRequest):
     conversation_id: str = Field(pattern=IDENTIFIER, description="Identifies the conversation, and so the request.")
     customer_id: str = Field(pattern=IDENTIFIER)
     customer_email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")
-    subject: str = Field(min_length=1, max_length=200)
+    subject: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="One line.")
     message: str = Field(min_length=1, max_length=5000, description="The customer's latest message.")
 
     def business_key(self) -> str:
@@ -43,7 +56,7 @@ class EscalationRequest(TemplateRequest):
 class AgentAnswer(HumanAnswer):
     """A human agent accepts the ticket, or sends it to another queue."""
 
-    decision: str = Field(pattern=r"^(accept|reassign:[a-z0-9_-]{1,40})$")
+    decision: str = Field(pattern=rf"^(accept|reassign:{QUEUE_NAME})$")
 
 
 Outcome = Literal["accepted"]

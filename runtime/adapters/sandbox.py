@@ -215,8 +215,8 @@ class Sandbox:
     def free_slots(self, *, resource: str, around: str, count: int) -> list[str]:
         """Free hourly slots within 14 days of `around`, nearest first (never in the past)."""
         self._wait()
-        target = datetime.fromisoformat(around)
         now = datetime.now(UTC)
+        target = max(datetime.fromisoformat(around), now)  # a past request: the nearest slots from now
         with self.pool.connection() as conn:
             held = {row["slot_start"] for row in conn.execute(
                 HELD_SLOTS_SQL, (resource, target - timedelta(days=14), target + timedelta(days=14))
@@ -232,7 +232,11 @@ class Sandbox:
         return [iso(slot) for slot in free[:count]]
 
     def is_free(self, *, resource: str, slot: str) -> bool:
+        """False for a slot that does not exist (outside opening hours, or past) or is held."""
         self._wait()
+        start = datetime.fromisoformat(slot)
+        if start.hour not in SLOT_HOURS or start <= datetime.now(UTC):
+            return False
         with self.pool.connection() as conn:
             row = conn.execute(
                 "SELECT count(*) AS held FROM sandbox_holds WHERE resource = %s AND slot_start = %s AND status = 'held'",

@@ -271,3 +271,89 @@ def test_bad_escalation_input_is_refused(runner, change):
     with pytest.raises(InvalidInput):
         escalation(runner, **change)
 
+
+
+# Regressions from review
+
+
+class CalendarThatLiesOnce(Sandbox):
+    """Claims the requested slot is free (it is not) and offers it as an alternative:
+    the first hold is refused, and the same slot is tried again later."""
+
+    def __init__(self, pool, slot: str) -> None:
+        super().__init__(pool)
+        self.slot, self.lied = slot, False
+
+    def is_free(self, *, resource: str, slot: str) -> bool:
+        if not self.lied:
+            self.lied = True
+            return True
+        return super().is_free(resource=resource, slot=slot)
+
+    def free_slots(self, *, resource: str, around: str, count: int) -> list[str]:
+        return [self.slot]
+
+
+def test_a_slot_whose_hold_was_refused_can_be_held_when_it_frees_up(test_database, conn):
+    service, slot = unique("svc"), future_slot()
+    with Runner.open() as runner:
+        first, _ = booking(runner, service=service, slot=slot)
+        runner.adapters = replace(runner.adapters, calendar=CalendarThatLiesOnce(runner.pool, slot))
+        view, customer = booking(runner, service=service, slot=slot)
+        assert view.status == "waiting" and view.interrupt["decisions"] == [slot, "none"]
+        conn.execute("UPDATE sandbox_holds SET status = 'released' WHERE hold_id = %s", (first.result["hold_id"],))
+        done = runner.approve(view.thread_id, slot, by="customer")
+    assert done.result["outcome"] == "booked" and done.result["slot"] == slot
+    assert holds(conn, customer) == 1
+
+
+def test_slots_outside_opening_hours_or_past_are_not_free(runner):
+    service = unique("svc")
+    assert runner.sandbox.is_free(resource=service, slot=future_slot(hour=10))
+    assert not runner.sandbox.is_free(resource=service, slot=future_slot(hour=3))
+    assert not runner.sandbox.is_free(resource=service, slot="2020-01-01T10:00:00Z")
+
+
+def test_a_reminder_that_would_be_due_already_is_not_recorded(test_database, conn):
+    from durakit.state.booking import BookingSettings
+
+    with Runner.open(template_settings={"booking": BookingSettings(reminder_hours_before=24 * 30)}) as runner:
+        view, _ = booking(runner, service=unique("svc"), slot=future_slot(days=5))
+        assert view.result["outcome"] == "booked"
+        assert runner.status(view.thread_id).timers == []
+
+
+def test_a_stored_booking_whose_slot_passed_is_recovered_not_refused(runner, conn):
+    from psycopg.types.json import Jsonb
+
+    thread_id, customer = unique("booking-stale"), unique("cust")
+    request = {"customer_id": customer, "customer_email": f"{customer}@example.com", "service": unique("svc"),
+               "slot": "2020-01-01T10:00:00Z", "payment_method": "pm_card_visa", "booking_ref": None}
+    conn.execute("INSERT INTO durakit_threads (thread_id, template, status, request) VALUES (%s, 'booking', 'running', %s)",
+                 (thread_id, Jsonb(request)))
+    report = runner.recover()
+    assert thread_id not in report.errors
+    view = runner.status(thread_id)
+    assert view.status == "waiting" and "2020-01-01T10:00:00Z" not in view.interrupt["decisions"]
+
+
+def test_a_rejected_offer_keeps_the_largest_discount_within_the_limit(runner, make_account, conn):
+    account_id = make_account(monthly_price_cents=120_000, months_active=30)  # rules: 30% off 6 months = 2160.00
+    view = cancellation(runner, account_id)
+    view = runner.approve(view.thread_id, "reject", by="sam")
+    assert "4% off for 1 months (worth 48.00)" in view.interrupt["question"]
+    runner.approve(view.thread_id, "accepted", by="customer")
+    assert discounts(conn, account_id) == [(4, 1)]
+
+
+def test_escalation_settings_that_leave_a_priority_without_a_queue_are_refused(monkeypatch, test_database, conn):
+    monkeypatch.setenv("DURAKIT_ESCALATION_QUEUE_FOR_PRIORITY", '{"urgent": "priority"}')
+    before = count(conn, "SELECT count(*) FROM durakit_threads")
+    with Runner.open() as runner, pytest.raises(InvalidInput, match="queue_for_priority"):
+        escalation(runner)
+    assert count(conn, "SELECT count(*) FROM durakit_threads") == before
+
+
+def test_an_email_subject_cannot_carry_extra_header_lines(runner):
+    with pytest.raises(InvalidInput, match="subject"):
+        escalation(runner, subject="Hi\r\nBcc: everyone@example.com")
