@@ -14,7 +14,6 @@ engine; the supervisor limit applies to either.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -31,13 +30,9 @@ from durakit.state.cancellation_save import (
     initial_state,
 )
 from durakit.steps import TRANSIENT_RETRY, ask_human, step
-from durakit.templates import Template
+from durakit.templates import Template, money
 
 Context = Runtime[Services[CancellationSettings]]
-
-
-def money(cents: int) -> str:
-    return f"{Decimal(cents) / 100:.2f}"
 
 
 def describe(offer: RetentionOffer) -> str:

@@ -14,7 +14,6 @@ logs or emails twice. Deciding happens in nodes that change nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -29,13 +28,9 @@ from durakit.state.refund import (
     initial_state,
 )
 from durakit.steps import TRANSIENT_RETRY, ask_human, step
-from durakit.templates import Template
+from durakit.templates import Template, money
 
 Context = Runtime[Services[RefundSettings]]
-
-
-def money(cents: int, currency: str = "EUR") -> str:
-    return f"{Decimal(cents) / 100:.2f} {currency}"
 
 
 # The steps, in the order the process runs them

@@ -91,9 +91,6 @@ class EffectLedger:
             conn.execute(FINISH_SQL, {**params, "result": Jsonb(result)})
         return result
 
-    def effects(self) -> list[dict[str, Any]]:
-        return thread_effects(self.pool, self.thread_id)
-
 
 def thread_effects(pool: ConnectionPool, thread_id: str) -> list[dict[str, Any]]:
     """The thread's effects, with how often the outside system received and applied each."""

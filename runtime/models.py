@@ -32,6 +32,7 @@ from durakit.judgement import (
     Usage,
     offer_value,
 )
+from durakit.templates import money
 
 
 class RiskAnswer(BaseModel):
@@ -99,9 +100,9 @@ class ModelJudgement:
             "order": order["order_id"],
             "ordered at": order["ordered_at"],
             "order status": order["status"],
-            "order amount": _money(order["amount_cents"], order["currency"]),
-            "already refunded": _money(order["refunded_cents"], order["currency"]),
-            "refund requested": _money(amount_cents, order["currency"]),
+            "order amount": money(order["amount_cents"], order["currency"]),
+            "already refunded": money(order["refunded_cents"], order["currency"]),
+            "refund requested": money(amount_cents, order["currency"]),
             "customer's reason": reason,
         }
         answer = self._ask(RiskAnswer, RISK_TASK, facts)
@@ -110,7 +111,7 @@ class ModelJudgement:
     def retention_offer(self, account: Account, usage: Usage) -> RetentionOffer:
         facts = {
             "plan": account["plan"],
-            "monthly price": f"{account['monthly_price_cents'] / 100:.2f}",
+            "monthly price": money(account["monthly_price_cents"]),
             "customer for": f"{account['months_active']} months",
             "days active in the last 30": usage["days_active"],
             "sessions in the last 30 days": usage["sessions"],
@@ -152,8 +153,6 @@ class ModelJudgement:
         return result["parsed"]
 
 
-def _money(cents: int, currency: str) -> str:
-    return f"{cents / 100:.2f} {currency}"
 
 
 def _reason(exc: BaseException) -> str:

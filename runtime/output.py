@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -18,10 +17,6 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-
-
-def money(cents: int | None) -> str:
-    return "-" if cents is None else f"{Decimal(cents) / 100:.2f}"
 
 
 def short_time(iso: str | None) -> str:

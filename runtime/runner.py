@@ -36,7 +36,7 @@ from durakit.adapters.sandbox import Sandbox
 from durakit.checkpointers import open_pool, postgres_saver
 from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidInput, NotFound
 from durakit.events import EventLog
-from durakit.graphs import TEMPLATES, get_template
+from durakit.graphs import get_template
 from durakit.judgement import Judgement, judgement_from_env
 from durakit.lease import LeaseLost, ThreadLocks
 from durakit.ledger import EffectLedger, thread_effects
@@ -344,9 +344,6 @@ class Runner:
     def pending(self) -> list[ThreadView]:
         """Threads waiting for a person, with the question each one asks."""
         return self.threads(status="waiting")
-
-    def templates(self) -> list[Template]:
-        return list(TEMPLATES.values())
 
     # Internals
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from langgraph.graph import StateGraph
@@ -46,6 +47,12 @@ class HumanAnswer(BaseModel):
     decision: str = Field(min_length=1, max_length=100)
     by: str = Field(min_length=1, max_length=100)
     note: str | None = Field(None, max_length=2000)
+
+
+def money(cents: int, currency: str = "") -> str:
+    """12345 -> "123.45" (or "123.45 EUR"): amounts are integer cents everywhere else."""
+    text = f"{Decimal(cents) / 100:.2f}"
+    return f"{text} {currency}" if currency else text
 
 
 @dataclass(frozen=True)

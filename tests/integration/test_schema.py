@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -80,3 +84,13 @@ def test_a_checkpoint_migration_alembic_lacks_is_refused(scratch_database):
         conn.execute("DELETE FROM checkpoint_migrations WHERE v = (SELECT max(v) FROM checkpoint_migrations)")
     with pytest.raises(DatabaseUnavailable, match="checkpoint migrations"):
         db.ensure_schema(db.Database(scratch_database, embedded=False))
+
+
+def test_alembic_from_a_checkout_uses_durakit_database_url(scratch_database):
+    ini = Path(__file__).resolve().parents[2] / "alembic.ini"
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        env={**os.environ, "DURAKIT_DATABASE_URL": scratch_database}, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert db.current_revision(scratch_database) == db.SCHEMA_HEAD
