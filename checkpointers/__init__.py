@@ -14,7 +14,19 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from durakit import faults
+
 CONNECT_TIMEOUT_SECONDS = 5
+
+# A server that vanished without closing the connection (a failover, a cut network) is
+# noticed within about a minute instead of the kernel's two hours (TCP connections only).
+DEAD_PEER_DETECTION = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 
 
 def connection_kwargs(*, transaction_pooler: bool = False) -> dict[str, Any]:
@@ -25,6 +37,8 @@ def connection_kwargs(*, transaction_pooler: bool = False) -> dict[str, Any]:
         # 0: prepare every statement on first use; None: never (transaction poolers).
         "prepare_threshold": None if transaction_pooler else 0,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "application_name": "durakit",  # operators find durakit's sessions in pg_stat_activity
+        **DEAD_PEER_DETECTION,
     }
 
 
@@ -63,9 +77,18 @@ async def open_async_pool(
     return pool
 
 
+class FaultablePostgresSaver(PostgresSaver):
+    """PostgresSaver with DURAKIT_FAULT's `after_writes` point: the process can die right
+    after a node's output is saved and before the checkpoint that follows it."""
+
+    def put_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+        super().put_writes(config, writes, task_id, task_path)
+        faults.maybe_kill(task_path.rpartition(", ")[2], "after_writes")
+
+
 def postgres_saver(pool: ConnectionPool) -> PostgresSaver:
     """A sync saver on `pool`. The schema is alembic's: never call its setup() here."""
-    return PostgresSaver(pool)
+    return FaultablePostgresSaver(pool)
 
 
 def async_postgres_saver(pool: AsyncConnectionPool) -> AsyncPostgresSaver:

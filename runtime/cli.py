@@ -8,6 +8,7 @@ Exit codes: 0 done as asked (a thread left waiting counts); 2 bad input or usage
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import sys
 from pathlib import Path
@@ -113,7 +114,8 @@ def approve(
     Example: durakit approve refund-T-1001 --decision approve --by dana --note "loyal customer"
     """
     with open_runner() as runner:
-        finish(runner.approve(thread_id, decision, by=by or getpass.getuser(), note=note), as_json)
+        by = getpass.getuser() if by is None else by  # an explicit empty --by is refused, not replaced
+        finish(runner.approve(thread_id, decision, by=by, note=note), as_json)
 
 
 @app.command()
@@ -229,12 +231,27 @@ def db_stop() -> None:
     print(f"Stopped the embedded PostgreSQL under {settings.home}." if stopped else "The embedded PostgreSQL was not running.")
 
 
+MAX_MESSAGE = 1000
+
+
 def fail(message: str, code: int) -> NoReturn:
-    print(f"durakit: {message}", file=sys.stderr)
+    print(f"durakit: {one_printable_line(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
+def one_printable_line(message: str) -> str:
+    """The message as one line a terminal shows as written: control and invisible format
+    characters (which may come from the input it quotes) are escaped, and it is kept short."""
+    text = "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in message)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> None:
+    if not os.environ.get("DURAKIT_DEBUG"):
+        # psycopg-pool logs each failed reconnect attempt while a run waits out a database
+        # restart; the run's outcome is what the user needs, in one sentence.
+        logging.getLogger("psycopg").addHandler(logging.NullHandler())
+        logging.getLogger("psycopg").propagate = False
     try:
         app(args=argv, prog_name="durakit", standalone_mode=False)
     except DurakitError as exc:
@@ -253,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         from durakit.db import one_line
 
         if is_connection_loss(exc):
-            fail(f"Lost the connection to the database ({one_line(exc)}); run the command again once it is back.", 5)
+            fail(f"Lost the connection to the database ({one_line(exc)}); once it is back, run the command again "
+                 "(a thread it left running is finished by `durakit recover`).", 5)
         fail(f"Unexpected error ({type(exc).__name__}: {one_line(exc)}); rerun with DURAKIT_DEBUG=1 for details.", 1)
 
 

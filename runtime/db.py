@@ -24,7 +24,7 @@ from durakit.settings import KitSettings
 
 # Alembic revisions in order; the last is the head this code needs. A test checks it
 # against the migration scripts, so this module never has to import alembic.
-SCHEMA_REVISIONS = ("0001", "0002", "0003")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -62,6 +62,11 @@ def start_embedded(home: Path) -> str:
             # cleanup_mode=None: the server outlives this process, so the next command
             # (and a process resuming after a crash) finds it running.
             server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
+            if not embedded_running(home):
+                # pgserver hands back the handle this process got earlier even if the server
+                # has stopped since (`durakit db stop`, a restart): start it again.
+                with server._lock:
+                    server.ensure_postgres_running()
         except Exception as exc:  # pgserver raises plain exceptions of several kinds
             raise DatabaseUnavailable(
                 f"The embedded PostgreSQL under {home} could not start ({one_line(exc)})."
@@ -93,6 +98,16 @@ def stop_embedded(home: Path, timeout: float = 30.0) -> bool:
     raise DatabaseUnavailable(f"The embedded PostgreSQL (pid {pid}) did not stop within {timeout:.0f} seconds.")
 
 
+def embedded_running(home: Path) -> bool:
+    """True if the embedded PostgreSQL under `home` is up."""
+    pgdata = home / "pgdata"
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return False
+    return is_postmaster_of(pid, pgdata)
+
+
 def is_postmaster_of(pid: int, pgdata: Path) -> bool:
     if not Path("/proc/self").exists():
         return True  # no /proc to ask (macOS): trust the pid file, as pg_ctl does
@@ -101,6 +116,24 @@ def is_postmaster_of(pid: int, pgdata: Path) -> bool:
     except OSError:
         return False
     return bool(cmdline) and cmdline[0].endswith(b"postgres") and str(pgdata.resolve()).encode() in cmdline
+
+
+# SQLSTATEs of a session the server ended: admin_shutdown, crash_shutdown, cannot_connect_now.
+SESSION_ENDED = {"57P01", "57P02", "57P03"}
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """The connection broke or could not be had (server restart, terminated session,
+    network), as opposed to a statement failing on a live connection (a statement
+    timeout, a deadlock, a serialization failure)."""
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in SESSION_ENDED
+    return False
 
 
 def connect(url: str, **kwargs: object) -> psycopg.Connection:

@@ -1,11 +1,12 @@
 """The event log: an append-only record of what happened to each thread, for audit and
-metrics. Kinds: run_started, resumed, node_finished, retried, interrupted, decided,
-failed, completed, recovered."""
+metrics. Kinds: run_started, resumed, recovered, reconnected, node_finished, retried,
+model_fallback, interrupted, decided, decision_refused, answer_refused, failed, completed."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -16,13 +17,19 @@ FROM durakit_events WHERE thread_id = %s ORDER BY id
 """
 
 
+def insert(conn: Connection, thread_id: str, kind: str, node: str | None = None, **detail: Any) -> None:
+    """Record an event on `conn`, inside the caller's transaction: an event that says what
+    a registry change did commits with that change or not at all."""
+    conn.execute(INSERT_SQL, (thread_id, kind, node, Jsonb(detail)))
+
+
 class EventLog:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
     def record(self, thread_id: str, kind: str, node: str | None = None, **detail: Any) -> None:
         with self.pool.connection() as conn:
-            conn.execute(INSERT_SQL, (thread_id, kind, node, Jsonb(detail)))
+            insert(conn, thread_id, kind, node, **detail)
 
     def for_thread(self, thread_id: str) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:

@@ -2,8 +2,9 @@
 SIGKILL itself at that point of that node.
 
 POINT is `before` (the node starts), `after_effect` (an outside system has applied a
-side effect but the ledger has not recorded it yet) or `after` (the node has returned,
-its checkpoint is not saved yet).
+side effect but the ledger has not recorded it yet), `after` (the node has returned,
+nothing of it is saved yet) or `after_writes` (the node's output is saved as pending
+writes, the next checkpoint is not).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 from durakit.errors import InvalidInput
 
-POINTS = ("before", "after_effect", "after")
+POINTS = ("before", "after_effect", "after", "after_writes")
 
 
 def configured() -> tuple[str, str] | None:

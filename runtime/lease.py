@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import psycopg
 
 from durakit import db
+from durakit.checkpointers import DEAD_PEER_DETECTION
 from durakit.errors import Conflict, ThreadBusy
 
 LOCK_KEY_SQL = "hashtextextended('durakit.thread:' || %(thread_id)s, 0)"
@@ -110,7 +111,7 @@ class ThreadLocks:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.url, autocommit=True)
+            self._conn = db.connect(self.url, autocommit=True, application_name="durakit-locks", **DEAD_PEER_DETECTION)
         return self._conn
 
     def _reconnect_if_broken(self) -> None:

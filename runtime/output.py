@@ -7,12 +7,20 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from durakit.runner import RecoveryReport, ThreadView
 
 # Piped output is not cut to 80 columns: ids and questions stay whole in logs and pagers.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def plain(value: Any) -> str:
+    """Text from a request, an answer or an outside system, safe inside rich markup (a
+    customer's "[bold]" is shown as typed, and a stray "[/x]" cannot break the output).
+    Escape whole pieces of text, after joining: "[/x" and "]" escaped apart make a tag."""
+    return escape(str(value))
 
 
 def print_json(data: Any) -> None:
@@ -34,18 +42,19 @@ def status_line(view: ThreadView) -> str:
 def show_thread(view: ThreadView) -> None:
     console.print(status_line(view))
     if view.interrupt:
-        console.print(f"  waiting for: {view.interrupt.get('question')}")
+        console.print(f"  waiting at {plain(view.interrupt.get('node'))} for: {plain(view.interrupt.get('question'))}")
         console.print(f"  answer with: durakit approve {view.thread_id} --decision "
-                      f"{'|'.join(view.interrupt.get('decisions') or [])} --by NAME")
+                      f"{plain('|'.join(view.interrupt.get('decisions') or []))} --by NAME")
     if view.result:
-        console.print("  result: " + ", ".join(f"{key}={value}" for key, value in view.result.items() if value not in (None, [])))
+        console.print("  result: " + plain(", ".join(
+            f"{key}={value}" for key, value in view.result.items() if value not in (None, []))))
     if view.error:
-        console.print(f"  error at {view.error_node or 'start'}: {view.error}")
+        console.print(f"  error at {view.error_node or 'start'}: {plain(view.error)}")
         console.print(f"  after fixing the cause: durakit resume {view.thread_id}")
     if view.effects:
         console.print(effects_table(view.effects))
     for timer in view.timers or []:
-        console.print(f"  timer {timer['name']}: due {timer['due_at']} ({timer['status']})")
+        console.print(f"  timer {plain(timer['name'])}: due {timer['due_at']} ({timer['status']})")
 
 
 def effects_table(effects: list[dict[str, Any]]) -> Table:
@@ -56,7 +65,7 @@ def effects_table(effects: list[dict[str, Any]]) -> Table:
     for effect in effects:
         outside = effect["system"] != "judgement"  # judgement answers are recorded, not sent anywhere
         table.add_row(
-            effect["step_key"], effect["system"], effect["status"], str(effect["calls"]),
+            plain(effect["step_key"]), effect["system"], effect["status"], str(effect["calls"]),
             str(effect["received"]) if outside else "-", str(effect["applied"]) if outside else "-",
         )
     return table
@@ -70,11 +79,16 @@ def show_history(view: ThreadView) -> None:
         table.add_column(column)
     for event in view.extra["events"]:
         detail = ", ".join(f"{key}={value}" for key, value in event["detail"].items() if value is not None)
-        table.add_row(short_time(event["at"]), event["kind"], event["node"] or "", detail)
+        table.add_row(short_time(event["at"]), event["kind"], event["node"] or "", plain(detail))
     console.print(table)
     for decision in view.extra["decisions"]:
         note = f" ({decision['note']})" if decision["note"] else ""
-        console.print(f"  decision: {decision['decision']} by {decision['decided_by']} at {decision['decided_at']}{note}")
+        roles = f" as {'+'.join(decision['authorized_as'])}" if decision["authorized_as"] else ""
+        console.print(
+            f"  decision at {decision['node'] or 'a question'}: {decision['decision']} by {decision['decided_by']}{roles} "
+            f"at {decision['decided_at']}{note}",
+            markup=False,
+        )
     console.print(f"  checkpoints: {len(view.extra['checkpoints'])}")
 
 
@@ -92,7 +106,7 @@ def show_threads(views: list[ThreadView], *, empty: str) -> None:
     for view in views:
         status = view.status + (" (stale)" if view.stale else "")
         note = (view.interrupt or {}).get("question") or view.error or ""
-        table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at), note)
+        table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at), plain(note))
     console.print(table)
 
 
@@ -104,4 +118,4 @@ def show_recovery(report: RecoveryReport) -> None:
     for thread_id in report.busy:
         console.print(f"skipped {thread_id}: another process took it first")
     for thread_id, error in report.errors.items():
-        console.print(f"could not resume {thread_id}: {error}")
+        console.print(f"could not resume {thread_id}: {plain(error)}")

@@ -62,8 +62,9 @@ WHERE thread_id = %(thread_id)s
 """
 
 DECISION_SQL = """
-INSERT INTO durakit_decisions (thread_id, interrupt_id, decision, decided_by, note, answer)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO durakit_decisions
+    (thread_id, interrupt_id, node, question, decision, decided_by, note, answer, authorized_as)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 GET_DECISION_SQL = "SELECT answer FROM durakit_decisions WHERE thread_id = %s AND interrupt_id = %s"
@@ -76,7 +77,7 @@ FROM durakit_decisions WHERE thread_id = %s AND interrupt_id = %s
 WITHDRAW_DECISION_SQL = "DELETE FROM durakit_decisions WHERE thread_id = %s AND interrupt_id = %s"
 
 THREAD_DECISIONS_SQL = """
-SELECT interrupt_id, decision, decided_by, note,
+SELECT interrupt_id, node, question, decision, decided_by, note, authorized_as,
        to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS decided_at
 FROM durakit_decisions WHERE thread_id = %s ORDER BY decided_at
 """
@@ -133,8 +134,11 @@ def settle(
     )
 
 
-def record_decision(conn: Connection, thread_id: str, interrupt_id: str, answer: dict[str, Any]) -> bool:
-    """Record a person's answer; False if this interrupt was answered already.
+def record_decision(
+    conn: Connection, thread_id: str, interrupt: dict[str, Any], answer: dict[str, Any], authorized_as: list[str]
+) -> bool:
+    """Record a person's answer to `interrupt` (the question as the registry holds it),
+    with the roles that allowed it; False if this interrupt was answered already.
 
     The thread turns `running` in the same transaction: should the process die before
     the answer is carried out, `recover` finds the thread and answers again from here.
@@ -143,7 +147,17 @@ def record_decision(conn: Connection, thread_id: str, interrupt_id: str, answer:
         with conn.transaction():
             conn.execute(
                 DECISION_SQL,
-                (thread_id, interrupt_id, answer["decision"], answer["by"], answer.get("note"), Jsonb(answer)),
+                (
+                    thread_id,
+                    interrupt["id"],
+                    interrupt.get("node"),
+                    interrupt.get("question"),
+                    answer["decision"],
+                    answer["by"],
+                    answer.get("note"),
+                    Jsonb(answer),
+                    authorized_as,
+                ),
             )
             conn.execute(MARK_RUNNING_SQL, (thread_id,))
     except psycopg.errors.UniqueViolation:

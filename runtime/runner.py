@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -31,8 +33,9 @@ from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from durakit import db, faults, registry
+from durakit import db, events, faults, registry
 from durakit.adapters.sandbox import Sandbox
+from durakit.authority import Authority, NotAuthorized
 from durakit.checkpointers import open_pool, postgres_saver
 from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidInput, NotFound
 from durakit.events import EventLog
@@ -46,6 +49,16 @@ from durakit.templates import THREAD_ID_PATTERN, Template, TemplateRequest
 from durakit.timers import Timers, thread_timers
 
 STATUSES = ("running", "waiting", "completed", "failed")
+
+# How often one command reconnects after losing the database before it gives the thread
+# back (still `running`, for `durakit resume` or `recover`).
+MAX_RECONNECTS = 10
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """The database went away under a run: its connections broke, or the session holding
+    the thread's lock ended."""
+    return isinstance(exc, LeaseLost) or db.is_connection_lost(exc)
 
 
 @dataclass
@@ -120,6 +133,10 @@ def parse_request(template: Template, raw: str | Mapping[str, Any]) -> TemplateR
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"The input is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}).") from None
+        except RecursionError:
+            raise InvalidInput("The input is not a usable JSON object (it is nested too deeply).") from None
+        except ValueError:  # an integer of more than 4,300 digits
+            raise InvalidInput("The input is not a usable JSON object (it holds a number too long to read).") from None
     if not isinstance(raw, Mapping):
         raise InvalidInput(f"The input must be a JSON object with the {template.name} template's fields.")
     try:
@@ -139,10 +156,16 @@ def check_answer(template: Template, node: str | None, answer: dict[str, Any]) -
         raise InvalidInput(f"The answer was refused: {describe_validation_error(exc)}.") from None
 
 
+def field_name(part: str | int) -> str:
+    """A field name for a message; one the input made up is quoted, shortened and escaped."""
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_]{1,64}", text) else repr(text[:40])
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     errors = exc.errors()
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "input"
+    where = ".".join(field_name(part) for part in first["loc"]) or "input"
     text = f"{where}: {first['msg']}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
@@ -158,6 +181,7 @@ class Runner:
         adapters: Adapters | None = None,
         judgement: Judgement | None = None,
         template_settings: Mapping[str, BaseSettings] | None = None,
+        authority: Authority | None = None,
     ) -> None:
         kit_settings = kit_settings or KitSettings.from_env()
         self.database = database
@@ -181,7 +205,10 @@ class Runner:
         )
         self.judgement = judgement or judgement_from_env()
         self.template_settings = dict(template_settings or {})
+        self.authority = authority  # None: read from the environment when first needed
+        self.home = kit_settings.home
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.db_retry_seconds = kit_settings.db_retry_seconds
         self._graphs: dict[str, CompiledStateGraph] = {}
 
     @classmethod
@@ -266,15 +293,39 @@ class Runner:
             if interrupt["id"] not in {pending.id for pending in snapshot.interrupts}:
                 raise Conflict(f"The question thread {thread_id} asked has been answered already.")
             answer = check_answer(template, interrupt.get("node"), {"decision": decision, "by": by, "note": note})
+            authorized_as = self._authorize(template, thread_id, interrupt, answer)
             with self.pool.connection() as conn:
-                if not registry.record_decision(conn, thread_id, interrupt["id"], answer):
+                with conn.transaction():
+                    recorded = registry.record_decision(conn, thread_id, interrupt, answer, authorized_as)
+                    if recorded:
+                        events.insert(conn, thread_id, "decided", interrupt.get("node"),
+                                      decision=answer["decision"], by=answer["by"], note=answer["note"])
+                if not recorded:
                     earlier = registry.who_decided(conn, thread_id, interrupt["id"]) or {}
                     raise Conflict(
                         f"Thread {thread_id}'s question was answered already by {earlier.get('decided_by')} "
                         f"at {earlier.get('decided_at')}."
                     )
-            self.events.record(thread_id, "decided", interrupt.get("node"), decision=decision, by=by, note=note)
             return self._advance(template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", settings)
+
+    def _authorize(
+        self, template: Template, thread_id: str, interrupt: dict[str, Any], answer: dict[str, Any]
+    ) -> list[str]:
+        """The roles that let the answer's author answer; refused answers are logged."""
+        if self.authority is None:
+            self.authority = Authority.from_env(self.home)
+        try:
+            return self.authority.check(template.name, interrupt, answer["by"])
+        except NotAuthorized as exc:
+            self.events.record(
+                thread_id,
+                "decision_refused",
+                interrupt.get("node"),
+                decision=answer["decision"],
+                by=answer["by"],
+                reason=str(exc),
+            )
+            raise
 
     def recover(self) -> RecoveryReport:
         """Resume every `running` thread whose process died (nobody holds its lock)."""
@@ -324,10 +375,10 @@ class Runner:
     def history(self, thread_id: str) -> ThreadView:
         """The thread's status plus its event log, decisions and checkpoints."""
         view = self.status(thread_id)
-        events = self.events.for_thread(thread_id)
+        event_log = self.events.for_thread(thread_id)
         with self.pool.connection() as conn:
             view.extra = {
-                "events": events,
+                "events": event_log,
                 "decisions": registry.decisions(conn, thread_id),
                 "checkpoints": registry.checkpoints(conn, thread_id),
             }
@@ -372,7 +423,7 @@ class Runner:
                 f"The {template.name} settings in the environment are invalid: {describe_validation_error(exc)}."
             ) from None
 
-    def _continue(self, row: Mapping[str, Any], kind: str) -> ThreadView:
+    def _continue(self, row: Mapping[str, Any], kind: str, *, reconnects: int = 0) -> ThreadView:
         """Advance a thread from wherever its last checkpoint left it (lock held)."""
         template = get_template(row["template"])
         settings = self._settings(template)
@@ -382,7 +433,9 @@ class Runner:
             # It died before its first checkpoint: LangGraph knows nothing of it, but the
             # registry kept the request, so it starts again from the beginning.
             request = template.request_model.model_validate(row["request"], context={"stored": True})
-            return self._advance(template, thread_id, template.initial_state(request), kind, settings)
+            return self._advance(
+                template, thread_id, template.initial_state(request), kind, settings, reconnects=reconnects
+            )
         if snapshot.interrupts:
             # Answered but not yet carried out when the process died: answer again.
             with self.pool.connection() as conn:
@@ -393,18 +446,81 @@ class Runner:
                 }
             if not answers:
                 return self._settle(template, thread_id, snapshot)
-            return self._advance(template, thread_id, Command(resume=answers), kind, settings)
-        if not snapshot.next:
-            return self._settle(template, thread_id, snapshot)  # finished; only the registry lagged
-        return self._advance(template, thread_id, None, kind, settings)
+            return self._advance(template, thread_id, Command(resume=answers), kind, settings, reconnects=reconnects)
+        if is_finished(snapshot):
+            return self._settle(template, thread_id, snapshot)  # only the registry lagged
+        return self._advance(template, thread_id, None, kind, settings, reconnects=reconnects)
 
     def _advance(
+        self,
+        template: Template,
+        thread_id: str,
+        graph_input: Any,
+        kind: str,
+        settings: BaseSettings,
+        *,
+        reconnects: int = 0,
+    ) -> ThreadView:
+        """Run the graph until it finishes, waits or fails (lock held), and settle the thread.
+
+        If the database connection is lost on the way (a restart, a terminated session),
+        wait for the database to come back, take the thread's lock again and continue from
+        the last checkpoint: the ledger makes the repeated part of the step harmless.
+        """
+        try:
+            return self._run_graph(template, thread_id, graph_input, kind, settings)
+        except Exception as exc:
+            if not is_connection_lost(exc):
+                raise
+            lost = exc
+        if reconnects >= MAX_RECONNECTS:
+            if isinstance(lost, LeaseLost):
+                raise lost
+            raise DatabaseUnavailable(
+                f"Lost the database {reconnects + 1} times while advancing thread {thread_id} "
+                f"({db.one_line(lost)}); the thread stays running, and `durakit resume {thread_id}` continues it."
+            ) from lost
+        self._reconnect(thread_id, lost)
+        row = self._row(thread_id)
+        if row["status"] != "running":
+            return ThreadView.from_row(row)  # another process settled it while this one was away
+        return self._continue(row, "reconnected", reconnects=reconnects + 1)
+
+    def _reconnect(self, thread_id: str, exc: BaseException) -> None:
+        """Wait (with backoff) until the database answers again, then take the thread's lock
+        again; raise if the database stays away or another process took the thread meanwhile."""
+        deadline = time.monotonic() + self.db_retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                db.connect(self.database.url).close()
+                break
+            except DatabaseUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable(
+                        f"Lost the database while advancing thread {thread_id} ({db.one_line(exc)}) and it did not "
+                        f"come back within {self.db_retry_seconds:g} seconds; the thread stays running, and "
+                        f"`durakit resume {thread_id}` continues it once the database is back."
+                    ) from exc
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+        try:
+            self.locks.ensure_held(thread_id)
+            return  # only the pool's connections broke; the lock's session lived on
+        except LeaseLost:
+            pass
+        if not self.locks.try_acquire(thread_id):
+            raise LeaseLost(
+                f"Thread {thread_id} was taken over by another process while this one was disconnected "
+                "from the database; that process carries it on."
+            ) from exc
+
+    def _run_graph(
         self, template: Template, thread_id: str, graph_input: Any, kind: str, settings: BaseSettings
     ) -> ThreadView:
-        """Run the graph until it finishes, waits or fails (lock held), and settle the thread."""
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
             registry.start(conn, thread_id, self.owner)
-        self.events.record(thread_id, kind)
+            events.insert(conn, thread_id, kind)
         graph = self._graph(template)
         config = self._config(thread_id)
 
@@ -433,9 +549,9 @@ class Runner:
                 for node in update:
                     if node != "__interrupt__":
                         self.events.record(thread_id, "node_finished", node)
-        except LeaseLost:
-            raise  # another process may own the thread now: leave its registry row alone
         except Exception as exc:
+            if is_connection_lost(exc):
+                raise  # the caller reconnects; another process may own the thread by now
             if is_invalid_resume(exc) and isinstance(graph_input, Command):
                 return self._withdraw_answers(template, thread_id, graph_input, exc)
             return self._fail(template, thread_id, exc)
@@ -444,29 +560,29 @@ class Runner:
     def _withdraw_answers(self, template: Template, thread_id: str, command: Command, exc: Exception) -> ThreadView:
         """The node refused a recorded answer (its model changed since): forget the answer,
         so the question can be answered again, and report the thread as waiting."""
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
             for interrupt_id in command.resume:
                 registry.withdraw_decision(conn, thread_id, interrupt_id)
-        self.events.record(thread_id, "answer_refused", error=describe_error(exc))
+            events.insert(conn, thread_id, "answer_refused", error=describe_error(exc))
         return self._settle(template, thread_id, self._graph(template).get_state(self._config(thread_id)))
 
     def _settle(self, template: Template, thread_id: str, snapshot: StateSnapshot) -> ThreadView:
         """Write where the checkpoint says the thread stands into the registry."""
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
             if snapshot.interrupts:
                 pending = snapshot.interrupts[0]
                 node = next((task.name for task in snapshot.tasks if task.interrupts), None)
                 value = pending.value if isinstance(pending.value, dict) else {"question": str(pending.value)}
                 interrupt = {"id": pending.id, "node": node, **value, "answer_schema": pending.response_schema}
                 registry.settle(conn, thread_id, "waiting", interrupt=interrupt)
-                self.events.record(thread_id, "interrupted", node, interrupt_id=pending.id)
-            elif snapshot.next:
+                events.insert(conn, thread_id, "interrupted", node, interrupt_id=pending.id)
+            elif not is_finished(snapshot):
                 failed = next((task for task in snapshot.tasks if task.error), None)
                 error = describe_error(failed.error) if failed else "The run stopped before finishing."
                 registry.settle(conn, thread_id, "failed", error=error, error_node=failed.name if failed else None)
             else:
                 registry.settle(conn, thread_id, "completed", result=template.summarize(snapshot.values))
-                self.events.record(thread_id, "completed")
+                events.insert(conn, thread_id, "completed")
         return ThreadView.from_row(self._row(thread_id))
 
     def _fail(self, template: Template, thread_id: str, exc: Exception) -> ThreadView:
@@ -478,10 +594,20 @@ class Runner:
         except psycopg.Error:
             pass  # the database may be why it failed; the error itself still gets recorded
         error = describe_error(exc)
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
             registry.settle(conn, thread_id, "failed", error=error, error_node=node)
-        self.events.record(thread_id, "failed", node, error=error)
+            events.insert(conn, thread_id, "failed", node, error=error)
         return ThreadView.from_row(self._row(thread_id))
+
+
+def is_finished(snapshot: StateSnapshot) -> bool:
+    """True once the graph has nothing left to run.
+
+    Not `not snapshot.next`: a process that died after a node's writes were saved but
+    before the next checkpoint leaves a snapshot whose `next` omits that node (its
+    output is already applied) and does not yet name the nodes after it.
+    """
+    return not snapshot.tasks
 
 
 def describe_error(exc: BaseException) -> str:

@@ -24,6 +24,10 @@ class KitSettings:
     pool_max_size: int
     """DURAKIT_POOL_MAX_SIZE: connections in each process's pool (default 4)."""
 
+    db_retry_seconds: int = 30
+    """DURAKIT_DB_RETRY_SECONDS: how long a run waits for a lost database to come back
+    before it gives up (the thread stays `running`; `durakit resume` continues it)."""
+
     @classmethod
     def from_env(cls) -> KitSettings:
         return cls(
@@ -31,6 +35,7 @@ class KitSettings:
             home=Path(os.environ.get("DURAKIT_HOME") or Path.home() / ".durakit").expanduser(),
             transaction_pooler=os.environ.get("DURAKIT_TRANSACTION_POOLER", "") in {"1", "true", "yes"},
             pool_max_size=positive_int("DURAKIT_POOL_MAX_SIZE", default=4),
+            db_retry_seconds=positive_int("DURAKIT_DB_RETRY_SECONDS", default=30),
         )
 
 

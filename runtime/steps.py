@@ -18,20 +18,24 @@ from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy, interrupt
 from pydantic import BaseModel
 
-from durakit import faults
+from durakit import db, faults
 from durakit.adapters import TransientAdapterError
 
 # The one place that says which failures are worth retrying. Anything else is fatal:
-# the thread stops as `failed` and is resumed after the cause is fixed.
+# the thread stops as `failed` and is resumed after the cause is fixed. A lost database
+# connection is not retried here: the runner waits for the database and continues the
+# whole thread from its checkpoint (durakit.runner, "reconnected").
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientAdapterError,  # an outside system said "try again" (timeout, 429, 503)
-    psycopg.OperationalError,  # lost connection, server restart, serialization failure
+    psycopg.OperationalError,  # on a live connection: deadlock, serialization failure, timeout
     ConnectionError,
     TimeoutError,
 )
 
 
 def is_transient(exc: BaseException) -> bool:
+    if db.is_connection_lost(exc):
+        return False
     return isinstance(exc, TRANSIENT_ERRORS) or is_transient_model_error(exc)
 
 

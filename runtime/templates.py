@@ -7,6 +7,7 @@ line; `durakit.graphs` lists them by name.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,17 +22,18 @@ THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # order, ticket and customer ids
 
 
+def no_nul_characters(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")  # PostgreSQL text cannot hold them
+    return value
+
+
 class TemplateRequest(BaseModel):
     """Base of every template's input: unknown fields are refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def no_nul_characters(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL characters")  # PostgreSQL text cannot hold them
-        return value
+    _no_nul = field_validator("*", mode="after")(no_nul_characters)
 
     def business_key(self) -> str:
         """What makes two requests the same request (the thread id is derived from it)."""
@@ -42,11 +44,22 @@ class HumanAnswer(BaseModel):
     """What `durakit approve` sends a waiting node: the decision, who gave it, and a note.
     A template's answer model derives from this and narrows `decision`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     decision: str = Field(min_length=1, max_length=100)
     by: str = Field(min_length=1, max_length=100)
     note: str | None = Field(None, max_length=2000)
+
+    _no_nul = field_validator("*", mode="after")(no_nul_characters)
+
+    @field_validator("by")
+    @classmethod
+    def one_visible_line(cls, name: str) -> str:
+        """A name as the audit trail shows it: no control characters, and no invisible
+        format characters (right-to-left overrides, zero-width joiners) that disguise it."""
+        if any(unicodedata.category(char) in ("Cc", "Cf") for char in name):
+            raise ValueError("must be one line of visible characters")
+        return name
 
 
 def money(cents: int, currency: str = "") -> str:

@@ -19,7 +19,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +28,7 @@ import pytest
 from durakit import db
 from durakit.runner import Runner
 from durakit.settings import KitSettings
+from tests.scenarios import future_slot, unique  # noqa: F401  (tests import them from here)
 
 CHILD_TIMEOUT_SECONDS = 120
 
@@ -109,10 +109,6 @@ def scratch_database(admin_url: str) -> Iterator[str]:
         drop_database(admin_url, name)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 @pytest.fixture
 def make_order(runner: Runner):
     """Seed a sandbox order and return its id: make_order(amount_cents=30000, days_ago=3)."""
@@ -142,12 +138,6 @@ def make_account(runner: Runner):
         return account_id
 
     return make
-
-
-def future_slot(days: int = 5, hour: int = 10) -> str:
-    """An hourly slot that is always in the future and inside the sandbox's opening hours."""
-    day = datetime.now(UTC) + timedelta(days=days)
-    return day.replace(hour=hour, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def durakit(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -210,3 +210,18 @@ def test_unreachable_database_exits_5_quickly():
 def test_malformed_fault_setting_is_refused(make_order):
     done = durakit("run", "refund", "--input", refund_input(make_order(), "5.00"), env={"DURAKIT_FAULT": "nonsense"})
     assert done.returncode == 2 and one_sentence(done.stderr)
+
+
+def test_text_output_shows_customer_text_as_typed_even_when_it_looks_like_markup():
+    customer = unique("cust")
+    request = {"conversation_id": unique("CONV"), "customer_id": customer, "customer_email": f"{customer}@example.com",
+               "subject": "[/b] checkout [red]broken", "message": "Nobody can pay [/x"}
+    done = durakit("run", "escalation", "--input", json.dumps(request))
+    assert done.returncode == 0, done.stderr
+    assert "[/b] checkout [red]broken" in done.stdout
+    thread_id = f"escalation-{request['conversation_id']}"
+    done = durakit("approve", thread_id, "--decision", "accept", "--by", "ann [/x", "--note", "] see [bold]")
+    assert done.returncode == 0, done.stderr
+    history = durakit("history", thread_id)
+    assert history.returncode == 0, history.stderr
+    assert "ann [/x" in history.stdout and "] see [bold]" in history.stdout

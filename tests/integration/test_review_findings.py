@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
@@ -76,26 +77,43 @@ def test_recover_goes_on_past_a_thread_it_cannot_resume(runner, make_order, conn
 
 class LockKillingBilling(Sandbox):
     """Billing that, while a run is inside it, has the run's lock session terminated
-    (as a server restart or an idle-session timeout would)."""
+    (as a server restart or an idle-session timeout would), and optionally has another
+    process take the thread meanwhile."""
 
-    def __init__(self, pool, victim: ThreadLocks) -> None:
+    def __init__(self, pool, victim: ThreadLocks, thief: ThreadLocks | None = None) -> None:
         super().__init__(pool)
         self.victim = victim
+        self.thief = thief  # another process's locks, which grab the thread meanwhile
 
     def get_order(self, order_id: str):
         with self.pool.connection() as conn:
-            conn.execute("SELECT pg_terminate_backend(%s)", (self.victim._conn.info.backend_pid,))
+            # Waits (up to 5 s) until the backend has exited, and its lock with it.
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (self.victim._conn.info.backend_pid,))
+        if self.thief is not None:
+            assert self.thief.try_acquire(f"refund-{order_id}")
         return super().get_order(order_id)
 
 
-def test_a_run_that_loses_its_lock_stops_before_acting(test_database, make_order, conn):
+def test_a_run_that_loses_its_lock_once_takes_it_again_and_finishes(test_database, make_order, conn):
     order_id = make_order(30000)
     with Runner.open() as runner:
-        billing = LockKillingBilling(runner.pool, runner.locks)
-        runner.adapters = replace(runner.adapters, billing=billing)
-        with pytest.raises(LeaseLost):
-            refund(runner, order_id, "10.00")
+        runner.adapters = replace(runner.adapters, billing=LockKillingBilling(runner.pool, runner.locks))
+        view = refund(runner, order_id, "10.00")
+        kinds = [event["kind"] for event in runner.history(view.thread_id).extra["events"]]
+    assert view.status == "completed"
+    assert kinds.count("reconnected") == 1
+    assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 1
+
+
+def test_a_run_whose_thread_is_taken_over_meanwhile_stops_before_acting(test_database, make_order, conn):
+    order_id = make_order(30000)
     thread_id = f"refund-{order_id}"
+    other_process = ThreadLocks(test_database.url)
+    with Runner.open() as runner:
+        runner.adapters = replace(runner.adapters, billing=LockKillingBilling(runner.pool, runner.locks, other_process))
+        with pytest.raises(LeaseLost, match="taken over"):
+            refund(runner, order_id, "10.00")
+    other_process.close()
     assert conn.execute("SELECT status FROM durakit_threads WHERE thread_id = %s", (thread_id,)).fetchone()["status"] == "running"
     assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 0
     with Runner.open() as other:
@@ -188,3 +206,23 @@ def test_transient_failures_are_retried_and_logged(test_database, make_order, co
     retries = [(e["node"], e["detail"]["attempt"]) for e in events if e["kind"] == "retried"]
     assert retries == [("issue_refund", 2), ("issue_refund", 3)]
     assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 1
+
+
+class TimingOutBilling(Sandbox):
+    """Billing whose refund query always hits a statement timeout: an OperationalError
+    on a live connection, the step's own failure, not a lost database."""
+
+    def refund(self, **kwargs):
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+
+def test_a_step_that_keeps_failing_with_a_live_database_ends_failed_not_stuck(test_database, make_order, conn):
+    order_id = make_order(30000)
+    with Runner.open() as runner:
+        runner.adapters = replace(runner.adapters, billing=TimingOutBilling(runner.pool))
+        view = refund(runner, order_id, "10.00")
+        kinds = [event["kind"] for event in runner.history(view.thread_id).extra["events"]]
+    assert (view.status, view.error_node) == ("failed", "issue_refund")
+    assert "QueryCanceled" in view.error
+    assert kinds.count("retried") == 3 and "reconnected" not in kinds and kinds[-1] == "failed"
+    assert side_effect_counts(conn, order_id, f"{order_id.lower()}@example.com")["refunds"] == 0

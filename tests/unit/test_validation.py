@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from psycopg_pool import PoolTimeout
 
 from durakit import faults
 from durakit.adapters import TransientAdapterError
-from durakit.db import redact
+from durakit.db import is_connection_lost, redact
 from durakit.errors import InvalidInput
 from durakit.graphs import get_template
 from durakit.judgement import RulesJudgement
@@ -88,9 +89,18 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
 
 def test_transient_errors_are_named_in_one_place():
     assert is_transient(TransientAdapterError("503"))
-    assert is_transient(psycopg.OperationalError("server closed the connection"))
+    assert is_transient(psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert is_transient(psycopg.errors.QueryCanceled("statement timeout"))
     assert not is_transient(ValueError("bad"))
     assert not is_transient(psycopg.errors.CheckViolation("no"))
+
+
+def test_a_lost_connection_is_left_to_the_runner_not_retried_in_the_step():
+    for lost in (psycopg.OperationalError("server closed the connection unexpectedly"),
+                 psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+                 PoolTimeout("couldn't get a connection after 10.00 sec")):
+        assert is_connection_lost(lost) and not is_transient(lost)
+    assert not is_connection_lost(psycopg.errors.DeadlockDetected("deadlock detected"))
 
 
 def test_passwords_are_not_shown():

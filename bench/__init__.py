@@ -1,0 +1,1 @@
+"""Benchmarks and soaks: run them with `python -m bench.NAME` from a checkout."""
