@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from durakit.templates import IDENTIFIER, THREAD_ID_PATTERN
 from tests.conftest import durakit, future_slot, unique
 
 EXAMPLES = int(os.environ.get("DURAKIT_HOSTILE_EXAMPLES", "40"))
-PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+PROPERTY = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                            HealthCheck.data_too_large])
 TRIED: Counter[str] = Counter()
@@ -44,7 +45,7 @@ nasty_text = st.one_of(
     st.text(max_size=40),
     st.builds(lambda piece, n: piece * n, st.sampled_from(["x", "'", "é", "😀", "; --"]), st.integers(129, 20_000)),
 )
-bad_identifier = nasty_text.filter(lambda text: not __import__("re").fullmatch(IDENTIFIER, text.strip()))
+bad_identifier = nasty_text.filter(lambda text: not re.fullmatch(IDENTIFIER, text.strip()))
 bad_thread_id = nasty_text.filter(lambda text: not THREAD_ID_PATTERN.fullmatch(text))
 unknown_thread_id = st.from_regex(r"[a-z0-9][a-z0-9._:@-]{0,40}", fullmatch=True).map(lambda s: f"nope-{s}")
 wrong_type = st.one_of(st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
