@@ -1,4 +1,5 @@
-"""LangGraph PostgreSQL savers over a psycopg-pool pool, configured the way they need.
+"""durakit's PostgreSQL savers (`durakit.checkpointers.saver`) over a psycopg-pool pool,
+configured the way they need, and the pool every durakit process uses.
 
 The saver needs autocommit connections that return dict rows. Server-side prepared
 statements are used unless the URL goes through a transaction-pooling proxy, where a
@@ -7,14 +8,15 @@ statement prepared on one server connection does not exist on the next.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langgraph.checkpoint.postgres import PostgresSaver
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from durakit import faults
+if TYPE_CHECKING:  # the savers load LangGraph: only commands that run a graph import them
+    from langgraph.checkpoint.serde.base import SerializerProtocol
+
+    from durakit.checkpointers.saver import AsyncDurakitSaver, DurakitSaver
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -43,8 +45,8 @@ def connection_kwargs(*, transaction_pooler: bool = False) -> dict[str, Any]:
 
 
 def pool_options(*, max_size: int, transaction_pooler: bool, name: str) -> dict[str, Any]:
-    """Pool settings shared by the sync and async pools: connections are checked before
-    they are lent and recycled when idle or old."""
+    """Pool settings shared by the sync and async pools: connections are recycled when
+    idle or old."""
     return {
         "min_size": 1,
         "max_size": max_size,
@@ -58,39 +60,42 @@ def pool_options(*, max_size: int, transaction_pooler: bool, name: str) -> dict[
 
 
 def open_pool(
-    url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit"
+    url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit", checked: bool = True
 ) -> ConnectionPool:
-    """An open sync pool, or PoolTimeout if the database cannot be reached."""
+    """An open sync pool, or PoolTimeout if the database cannot be reached.
+
+    `checked`: ping each connection before lending it (a round trip), so a connection
+    broken meanwhile (a server restart) is replaced instead of failing its statement.
+    The runner's saver pool goes without: the ping costs a tenth of a durable step, and a
+    run that meets a broken connection reconnects and goes on from its checkpoint."""
     options = pool_options(max_size=max_size, transaction_pooler=transaction_pooler, name=name)
-    pool = ConnectionPool(url, check=ConnectionPool.check_connection, **options)
+    pool = ConnectionPool(url, check=ConnectionPool.check_connection if checked else None, **options)
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
     return pool
 
 
 async def open_async_pool(
-    url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit"
+    url: str, *, max_size: int = 4, transaction_pooler: bool = False, name: str = "durakit", checked: bool = True
 ) -> AsyncConnectionPool:
     """An open async pool, same settings as `open_pool`."""
     options = pool_options(max_size=max_size, transaction_pooler=transaction_pooler, name=name)
-    pool = AsyncConnectionPool(url, check=AsyncConnectionPool.check_connection, **options)
+    pool = AsyncConnectionPool(url, check=AsyncConnectionPool.check_connection if checked else None, **options)
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
     return pool
 
 
-class FaultablePostgresSaver(PostgresSaver):
-    """PostgresSaver with DURAKIT_FAULT's `after_writes` point: the process can die right
-    after a node's output is saved and before the checkpoint that follows it."""
+def postgres_saver(pool: ConnectionPool, *, serde: SerializerProtocol | None = None) -> DurakitSaver:
+    """durakit's sync saver on `pool`. The schema is alembic's: never call its setup() here.
 
-    def put_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
-        super().put_writes(config, writes, task_id, task_path)
-        faults.maybe_kill(task_path.rpartition(", ")[2], "after_writes")
+    With an encrypting `serde`, primitive channel values go to blobs too, so nothing a
+    state holds is left in clear in the checkpoint's JSONB."""
+    from durakit.checkpointers.saver import DurakitSaver
 
-
-def postgres_saver(pool: ConnectionPool) -> PostgresSaver:
-    """A sync saver on `pool`. The schema is alembic's: never call its setup() here."""
-    return FaultablePostgresSaver(pool)
+    return DurakitSaver(pool, serde=serde, inline_primitives=serde is None)
 
 
-def async_postgres_saver(pool: AsyncConnectionPool) -> AsyncPostgresSaver:
-    """An async saver on `pool`, same tables and settings as `postgres_saver`."""
-    return AsyncPostgresSaver(pool)
+def async_postgres_saver(pool: AsyncConnectionPool, *, serde: SerializerProtocol | None = None) -> AsyncDurakitSaver:
+    """durakit's async saver on `pool`, same tables and settings as `postgres_saver`."""
+    from durakit.checkpointers.saver import AsyncDurakitSaver
+
+    return AsyncDurakitSaver(pool, serde=serde, inline_primitives=serde is None)

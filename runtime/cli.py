@@ -11,6 +11,8 @@ import getpass
 import logging
 import os
 import sys
+from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -181,6 +183,68 @@ def recover(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
+def fork(
+    thread_id: ThreadArg,
+    to: Annotated[str, typer.Option("--to", metavar="NEW_ID", help="The new thread's id.")],
+    checkpoint: Annotated[
+        str | None,
+        typer.Option("--checkpoint", metavar="CHECKPOINT_ID", help="Fork from this checkpoint (default: the latest)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy a thread into a new one from one of its checkpoints, to replay it from there.
+
+    `durakit history THREAD_ID` lists the checkpoints and the step each starts. The fork
+    runs that step again (`durakit resume NEW_ID`), or asks its question again if the
+    thread was waiting there. It inherits the ledger: nothing the source did is done twice.
+    """
+    with open_runner() as runner:
+        view = runner.fork(thread_id, to, checkpoint_id=checkpoint)
+    finish(view, as_json)
+
+
+AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> timedelta:
+    """`30d`, `12h`, `90m` or `2w` as a timedelta."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in AGE_UNITS or not number.isdigit() or int(number) == 0 or len(number) > 6:
+        raise InvalidInput(f"--older-than takes an age such as 30d, 12h, 90m or 2w, not {text!r}.")
+    return timedelta(**{AGE_UNITS[unit]: int(number)})
+
+
+@app.command()
+def prune(
+    keep: Annotated[
+        int | None, typer.Option("--keep", metavar="N", help="Keep the last N checkpoints of each completed thread.")
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", metavar="AGE", help="Drop every checkpoint of threads completed more than AGE "
+                     "ago (30d, 12h, 90m, 2w); their status, ledger, decisions and events stay."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, and change nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give back the space completed threads take. Running, waiting and failed threads are never touched."""
+    from durakit import output
+
+    age = parse_age(older_than) if older_than is not None else None
+    with open_runner() as runner:
+        report = runner.prune(keep=keep, older_than=age, dry_run=dry_run)
+    output.print_json(asdict(report)) if as_json else output.show_prune(report)
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new random key for DURAKIT_ENCRYPTION_KEY (32 bytes, base64)."""
+    from durakit.encryption import generate_key
+
+    print(generate_key())
+
+
+@app.command()
 def templates(as_json: JsonFlag = False) -> None:
     """List the templates, with the JSON schema of each one's input."""
     from durakit import output
@@ -216,6 +280,18 @@ def db_upgrade() -> None:
     database = db.locate(KitSettings.from_env())
     db.upgrade(database.url)
     print(f"The database at {database.display} is at schema revision {db.current_revision(database.url)} (current).")
+
+
+@db_app.command("rewrap")
+def db_rewrap() -> None:
+    """Encrypt what was stored before DURAKIT_ENCRYPTION_KEY was set, and re-encrypt what
+    DURAKIT_ENCRYPTION_PREVIOUS_KEYS wrote, with the current key."""
+    from durakit import db
+    from durakit.encryption import rewrap_database
+    from durakit.settings import KitSettings
+
+    changed = rewrap_database(db.locate(KitSettings.from_env()).url)
+    print(f"Encrypted {sum(changed.values())} stored value(s) with the current key.")
 
 
 @db_app.command("stop")

@@ -8,6 +8,7 @@ itself.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import re
@@ -24,8 +25,12 @@ from durakit.settings import KitSettings
 
 # Alembic revisions in order; the last is the head this code needs. A test checks it
 # against the migration scripts, so this module never has to import alembic.
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+# LangGraph checkpoint migrations revision 0001 records (PostgresSaver.MIGRATIONS of the
+# pinned langgraph-checkpoint-postgres; a test checks it), so that reading the tables
+# never has to import LangGraph.
+CHECKPOINT_MIGRATIONS = 10
 CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -51,6 +56,21 @@ def locate(settings: KitSettings) -> Database:
     return Database(start_embedded(settings.home), embedded=True)
 
 
+# pgserver counts the processes using its server in this JSON file, which each process
+# rewrites in place when it starts and exits. A process killed while writing it leaves it
+# unreadable, and from then on no process can start the server. durakit never stops the
+# server by that count (cleanup_mode=None), so it keeps the file empty and unused.
+PGSERVER_PID_LIST = ".handle_pids.json"
+
+
+def forget_pgserver_handles(pgdata: Path) -> None:
+    """Reset pgserver's process list, atomically, before pgserver reads it."""
+    if pgdata.is_dir():
+        scratch = pgdata / f"{PGSERVER_PID_LIST}.{os.getpid()}"
+        scratch.write_text("[]")
+        os.replace(scratch, pgdata / PGSERVER_PID_LIST)
+
+
 def start_embedded(home: Path) -> str:
     """Start (or find running) the embedded PostgreSQL under `home` and return its URL."""
     with warnings.catch_warnings():
@@ -59,9 +79,11 @@ def start_embedded(home: Path) -> str:
 
         try:
             home.mkdir(parents=True, exist_ok=True)
+            forget_pgserver_handles(home / "pgdata")
             # cleanup_mode=None: the server outlives this process, so the next command
             # (and a process resuming after a crash) finds it running.
             server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
+            atexit.unregister(server._cleanup)  # it would only rewrite the process list
             if not embedded_running(home):
                 # pgserver hands back the handle this process got earlier even if the server
                 # has stopped since (`durakit db stop`, a restart): start it again.
@@ -183,16 +205,27 @@ def ensure_schema(database: Database) -> None:
 
 
 def check_checkpoint_migrations(conn: psycopg.Connection, database: Database) -> None:
-    """The installed langgraph-checkpoint-postgres must not expect a migration alembic lacks
-    (its setup() would add it behind alembic's back)."""
+    """The database must hold the LangGraph checkpoint migrations alembic records (a stock
+    saver's setup() would otherwise add them behind alembic's back)."""
+    applied = conn.execute("SELECT count(*) FROM checkpoint_migrations").fetchone()[0]
+    if applied != CHECKPOINT_MIGRATIONS:
+        raise DatabaseUnavailable(
+            f"The database at {database.display} has {applied} LangGraph checkpoint migrations but durakit's "
+            f"schema has {CHECKPOINT_MIGRATIONS}; use it with the langgraph-checkpoint-postgres version pinned in "
+            "durakit's pyproject.toml."
+        )
+
+
+def check_installed_saver() -> None:
+    """The installed langgraph-checkpoint-postgres must expect the checkpoint migrations
+    alembic records. Checked when a process first needs LangGraph, not at every start."""
     from langgraph.checkpoint.postgres import PostgresSaver
 
-    applied = conn.execute("SELECT count(*) FROM checkpoint_migrations").fetchone()[0]
-    if applied != len(PostgresSaver.MIGRATIONS):
+    if len(PostgresSaver.MIGRATIONS) != CHECKPOINT_MIGRATIONS:
         raise DatabaseUnavailable(
-            f"The database at {database.display} has {applied} LangGraph checkpoint migrations but the installed "
-            f"langgraph-checkpoint-postgres expects {len(PostgresSaver.MIGRATIONS)}; install the versions "
-            "pinned in durakit's pyproject.toml."
+            f"The installed langgraph-checkpoint-postgres expects {len(PostgresSaver.MIGRATIONS)} checkpoint "
+            f"migrations but durakit's schema has {CHECKPOINT_MIGRATIONS}; install the versions pinned in "
+            "durakit's pyproject.toml."
         )
 
 

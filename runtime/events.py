@@ -1,6 +1,10 @@
 """The event log: an append-only record of what happened to each thread, for audit and
 metrics. Kinds: run_started, resumed, recovered, reconnected, node_finished, retried,
-model_fallback, interrupted, decided, decision_refused, answer_refused, failed, completed."""
+model_fallback, interrupted, decided, decision_refused, answer_refused, failed, completed.
+
+With DURAKIT_ENCRYPTION_KEY set, an event's detail (which can quote a note, an error or a
+model's answer) is stored encrypted, bound to its thread, kind and node; the kind and the
+node stay in clear."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from typing import Any
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
+
+from durakit.encryption import open_json, seal_json
 
 INSERT_SQL = "INSERT INTO durakit_events (thread_id, kind, node, detail) VALUES (%s, %s, %s, %s)"
 THREAD_EVENTS_SQL = """
@@ -20,7 +26,8 @@ FROM durakit_events WHERE thread_id = %s ORDER BY id
 def insert(conn: Connection, thread_id: str, kind: str, node: str | None = None, **detail: Any) -> None:
     """Record an event on `conn`, inside the caller's transaction: an event that says what
     a registry change did commits with that change or not at all."""
-    conn.execute(INSERT_SQL, (thread_id, kind, node, Jsonb(detail)))
+    stored = seal_json(detail, "durakit_events.detail", thread_id, kind, node or "") if detail else detail
+    conn.execute(INSERT_SQL, (thread_id, kind, node, Jsonb(stored)))
 
 
 class EventLog:
@@ -33,4 +40,8 @@ class EventLog:
 
     def for_thread(self, thread_id: str) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
-            return conn.execute(THREAD_EVENTS_SQL, (thread_id,)).fetchall()
+            rows = conn.execute(THREAD_EVENTS_SQL, (thread_id,)).fetchall()
+        for row in rows:
+            if row["detail"]:  # an event without detail stores {} in clear
+                row["detail"] = open_json(row["detail"], "durakit_events.detail", thread_id, row["kind"], row["node"] or "")
+        return rows

@@ -5,6 +5,9 @@ result after it, and gives the outside system a deterministic idempotency key. W
 step runs again (after a crash, a retry, or a resume), a recorded result is returned
 without calling; a call that was started but not recorded is made again with the same
 key, and the outside system answers it without applying anything twice.
+
+With DURAKIT_ENCRYPTION_KEY set, requests and results are stored encrypted and bound to
+their (thread, step) (`durakit.encryption`); a re-run compares the decrypted request.
 """
 
 from __future__ import annotations
@@ -12,17 +15,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from durakit import faults
+from durakit.encryption import open_json, seal_json
 
 START_SQL = """
 INSERT INTO durakit_effects (thread_id, step_key, system, idempotency_key, request, status)
 VALUES (%(thread_id)s, %(step)s, %(system)s, %(key)s, %(request)s, 'started')
 ON CONFLICT (thread_id, step_key) DO UPDATE
     SET calls = durakit_effects.calls + (durakit_effects.status = 'started')::int
-RETURNING status, request, result
+RETURNING step_key, idempotency_key, status, request, result, inherited_from
+"""
+
+# A fork reached an inherited step with another request than its source made: the
+# step is a new effect of the fork, under a key of its own.
+DIVERGE_SQL = """
+UPDATE durakit_effects
+SET system = %(system)s, idempotency_key = %(key)s, request = %(request)s, status = 'started', result = NULL,
+    calls = 1, inherited_from = NULL, started_at = now(), completed_at = NULL
+WHERE thread_id = %(thread_id)s AND step_key = %(step)s AND inherited_from IS NOT NULL
+RETURNING step_key, idempotency_key, status, request, result, inherited_from
 """
 
 FINISH_SQL = """
@@ -31,7 +46,7 @@ WHERE thread_id = %(thread_id)s AND step_key = %(step)s
 """
 
 THREAD_EFFECTS_SQL = """
-SELECT e.step_key, e.system, e.idempotency_key, e.status, e.calls, e.request, e.result,
+SELECT e.step_key, e.system, e.idempotency_key, e.status, e.calls, e.request, e.result, e.inherited_from,
        coalesce(s.received, 0) AS received, coalesce(s.applied, 0) AS applied
 FROM durakit_effects e
 LEFT JOIN sandbox_requests s ON s.idempotency_key = e.idempotency_key
@@ -42,6 +57,17 @@ ORDER BY e.started_at, e.step_key
 
 class LedgerMismatch(Exception):
     """A step ran again with a different request than the one recorded: refusing to act."""
+
+
+def _sealed(value: Any, column: str, thread_id: str, step: str) -> Jsonb:
+    return Jsonb(seal_json(value, f"durakit_effects.{column}", thread_id, step))
+
+
+def _opened(row: dict[str, Any], thread_id: str) -> dict[str, Any]:
+    """A ledger row with its request and result decrypted."""
+    for column in ("request", "result"):
+        row[column] = open_json(row[column], f"durakit_effects.{column}", thread_id, row["step_key"])
+    return row
 
 
 def idempotency_key(thread_id: str, step: str) -> str:
@@ -72,11 +98,16 @@ class EffectLedger:
         the node for DURAKIT_FAULT's `after_effect` point (default: `step`).
         """
         params = {"thread_id": self.thread_id, "step": step}
+        start = {
+            **params,
+            "system": system,
+            "key": idempotency_key(self.thread_id, step),
+            "request": _sealed(request, "request", self.thread_id, step),
+        }
         with self.pool.connection() as conn:
-            recorded = conn.execute(
-                START_SQL,
-                {**params, "system": system, "key": idempotency_key(self.thread_id, step), "request": Jsonb(request)},
-            ).fetchone()
+            recorded = _opened(conn.execute(START_SQL, start).fetchone(), self.thread_id)
+            if recorded["inherited_from"] is not None and recorded["request"] != request:
+                recorded = _opened(conn.execute(DIVERGE_SQL, start).fetchone(), self.thread_id)
         if recorded["status"] == "done":
             return recorded["result"]
         if recorded["request"] != request:
@@ -85,14 +116,50 @@ class EffectLedger:
                 f"refusing to call {system} again."
             )
         self.ensure_held()
-        result = call(idempotency_key(self.thread_id, step))
+        # The recorded key, not a fresh one: a fork inherits the key its source used.
+        result = call(recorded["idempotency_key"])
         faults.maybe_kill(node or step, "after_effect")
         with self.pool.connection() as conn:
-            conn.execute(FINISH_SQL, {**params, "result": Jsonb(result)})
+            conn.execute(FINISH_SQL, {**params, "result": _sealed(result, "result", self.thread_id, step)})
         return result
+
+
+INHERITED_SQL = """
+SELECT step_key, system, idempotency_key, request, result, status, calls, started_at, completed_at
+FROM durakit_effects WHERE thread_id = %s
+"""
+
+INHERIT_SQL = """
+INSERT INTO durakit_effects
+    (thread_id, step_key, system, idempotency_key, request, result, status, calls, started_at, completed_at,
+     inherited_from)
+VALUES (%(thread_id)s, %(step_key)s, %(system)s, %(idempotency_key)s, %(request)s, %(result)s, %(status)s,
+        %(calls)s, %(started_at)s, %(completed_at)s, %(inherited_from)s)
+"""
+
+
+def inherit(conn: Connection, source_thread_id: str, fork_thread_id: str) -> int:
+    """Give a fork its source's ledger, idempotency keys included, inside the caller's
+    transaction: a step the source did or started is not done again by the fork, as
+    long as the fork asks for the same thing (if not, `apply` makes it a new effect)."""
+    rows = conn.execute(INHERITED_SQL, (source_thread_id,)).fetchall()
+    for row in rows:
+        row = _opened(row, source_thread_id)
+        step = row["step_key"]
+        conn.execute(
+            INHERIT_SQL,
+            {
+                **row,
+                "thread_id": fork_thread_id,
+                "inherited_from": source_thread_id,
+                "request": _sealed(row["request"], "request", fork_thread_id, step),
+                "result": None if row["result"] is None else _sealed(row["result"], "result", fork_thread_id, step),
+            },
+        )
+    return len(rows)
 
 
 def thread_effects(pool: ConnectionPool, thread_id: str) -> list[dict[str, Any]]:
     """The thread's effects, with how often the outside system received and applied each."""
     with pool.connection() as conn:
-        return conn.execute(THREAD_EFFECTS_SQL, (thread_id,)).fetchall()
+        return [_opened(row, thread_id) for row in conn.execute(THREAD_EFFECTS_SQL, (thread_id,)).fetchall()]

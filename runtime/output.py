@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from durakit.runner import RecoveryReport, ThreadView
+if TYPE_CHECKING:
+    from durakit.retention import PruneReport
+    from durakit.runner import RecoveryReport, ThreadView
 
 # Piped output is not cut to 80 columns: ids and questions stay whole in logs and pagers.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -41,6 +43,8 @@ def status_line(view: ThreadView) -> str:
 
 def show_thread(view: ThreadView) -> None:
     console.print(status_line(view))
+    if view.superseded_by:
+        console.print(f"  forked into {view.superseded_by}, which alone goes on", markup=False)
     if view.interrupt:
         console.print(f"  waiting at {plain(view.interrupt.get('node'))} for: {plain(view.interrupt.get('question'))}")
         console.print(f"  answer with: durakit approve {view.thread_id} --decision "
@@ -65,7 +69,8 @@ def effects_table(effects: list[dict[str, Any]]) -> Table:
     for effect in effects:
         outside = effect["system"] != "judgement"  # judgement answers are recorded, not sent anywhere
         table.add_row(
-            plain(effect["step_key"]), effect["system"], effect["status"], str(effect["calls"]),
+            plain(effect["step_key"]), effect["system"],
+            effect["status"] + (" (inherited)" if effect.get("inherited_from") else ""), str(effect["calls"]),
             str(effect["received"]) if outside else "-", str(effect["applied"]) if outside else "-",
         )
     return table
@@ -89,7 +94,17 @@ def show_history(view: ThreadView) -> None:
             f"at {decision['decided_at']}{note}",
             markup=False,
         )
-    console.print(f"  checkpoints: {len(view.extra['checkpoints'])}")
+    checkpoints = view.extra["checkpoints"]
+    if not checkpoints:
+        console.print("  checkpoints: none (pruned, or the run never reached its first)")
+        return
+    table = Table(title=f"checkpoints ({len(checkpoints)}; `durakit fork` takes an id)", title_justify="left")
+    table.add_column("checkpoint id", no_wrap=True)
+    table.add_column("step")
+    table.add_column("next")
+    for checkpoint in checkpoints:
+        table.add_row(checkpoint["checkpoint_id"], str(checkpoint["step"]), ", ".join(checkpoint["next"]))
+    console.print(table)
 
 
 def show_threads(views: list[ThreadView], *, empty: str) -> None:
@@ -104,10 +119,24 @@ def show_threads(views: list[ThreadView], *, empty: str) -> None:
     table.add_column("updated (UTC)", no_wrap=True)
     table.add_column("waiting for / error", overflow="fold")
     for view in views:
-        status = view.status + (" (stale)" if view.stale else "")
+        status = view.status + (" (stale)" if view.stale else "") + (" (forked)" if view.superseded_by else "")
         note = (view.interrupt or {}).get("question") or view.error or ""
         table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at), plain(note))
     console.print(table)
+
+
+def show_prune(report: PruneReport) -> None:
+    would = "would " if report.dry_run else ""
+    console.print(
+        f"{len(report.threads_trimmed)} completed thread(s) {would}keep only their latest checkpoints, "
+        f"{len(report.threads_emptied)} {would}lose all of them: {report.checkpoints_removed} checkpoint(s) "
+        f"{'would go' if report.dry_run else 'removed'} ({report.threads_examined} completed thread(s) examined)."
+    )
+    for thread_id in report.busy:
+        console.print(f"skipped {thread_id}: another process holds it", markup=False)
+    for thread_id in report.kept_whole:
+        console.print(f"kept {thread_id} whole: it uses a MessageLog, whose values are rebuilt from its history",
+                      markup=False)
 
 
 def show_recovery(report: RecoveryReport) -> None:

@@ -2,6 +2,11 @@
 
 A thread's row says which template it runs, what it was asked, where it stands, and
 which process advanced it last. Human answers are kept per interrupt, once each.
+
+With DURAKIT_ENCRYPTION_KEY set, the columns that hold customer data (a thread's request,
+result, interrupt and last error; a decision's question, note and answer) are stored
+encrypted and bound to their row (`durakit.encryption`); the functions here take and return
+them decrypted.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import psycopg
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
+from durakit.encryption import open_json, open_text, seal_json, seal_text
 from durakit.lease import LEASE_HELD_SQL
 
 THREAD_COLUMNS = f"""
-    t.thread_id, t.template, t.status, t.request, t.result, t.interrupt, t.attempts,
+    t.thread_id, t.template, t.status, t.request, t.business_key, t.superseded_by, t.result, t.interrupt, t.attempts,
     t.last_error, t.error_node, t.lease_owner,
     to_char(t.leased_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS leased_at,
     to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at,
@@ -36,7 +42,7 @@ LIMIT %(limit)s
 # Running threads whose process is gone: nobody holds their lock.
 ORPHANS_SQL = f"""
 SELECT t.thread_id FROM durakit_threads t
-WHERE t.status = 'running' AND NOT {LEASE_HELD_SQL.format(thread_id="t.thread_id")}
+WHERE t.status = 'running' AND t.superseded_by IS NULL AND NOT {LEASE_HELD_SQL.format(thread_id="t.thread_id")}
 ORDER BY t.updated_at
 """
 
@@ -82,20 +88,36 @@ SELECT interrupt_id, node, question, decision, decided_by, note, authorized_as,
 FROM durakit_decisions WHERE thread_id = %s ORDER BY decided_at
 """
 
+# `next`: the nodes this checkpoint starts, read off the `branch:to:NODE` channels the
+# step before it wrote (how LangGraph 1.x routes), without loading LangGraph.
 CHECKPOINTS_SQL = """
-SELECT checkpoint_id, parent_checkpoint_id, (metadata->>'step')::int AS step, metadata->>'source' AS source
+SELECT checkpoint_id, parent_checkpoint_id, (metadata->>'step')::int AS step, metadata->>'source' AS source,
+       ARRAY(SELECT substr(channel, 11) FROM jsonb_array_elements_text(checkpoint -> 'updated_channels') AS channel
+             WHERE channel LIKE 'branch:to:%%' ORDER BY 1) AS next
 FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' ORDER BY checkpoint_id
 """
 
 
+def _open_thread(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A thread row with its customer data decrypted (as stored, without a key)."""
+    if row is None:
+        return None
+    thread_id = row["thread_id"]
+    for column in ("request", "result", "interrupt"):
+        row[column] = open_json(row[column], f"durakit_threads.{column}", thread_id)
+    row["last_error"] = open_text(row["last_error"], "durakit_threads.last_error", thread_id)
+    return row
+
+
 def get(conn: Connection, thread_id: str) -> dict[str, Any] | None:
-    return conn.execute(GET_SQL, (thread_id,)).fetchone()
+    return _open_thread(conn.execute(GET_SQL, (thread_id,)).fetchone())
 
 
 def list_threads(
     conn: Connection, *, status: str | None = None, template: str | None = None, limit: int = 1000
 ) -> list[dict[str, Any]]:
-    return conn.execute(LIST_SQL, {"status": status, "template": template, "limit": limit}).fetchall()
+    rows = conn.execute(LIST_SQL, {"status": status, "template": template, "limit": limit}).fetchall()
+    return [_open_thread(row) for row in rows]
 
 
 def orphans(conn: Connection) -> list[str]:
@@ -104,7 +126,8 @@ def orphans(conn: Connection) -> list[str]:
 
 def create(conn: Connection, thread_id: str, template: str, request: dict[str, Any], business_key: str) -> bool:
     """Register a new thread; False if the id is taken."""
-    return conn.execute(CREATE_SQL, (thread_id, template, Jsonb(request), business_key)).rowcount == 1
+    stored = Jsonb(seal_json(request, "durakit_threads.request", thread_id))
+    return conn.execute(CREATE_SQL, (thread_id, template, stored, business_key)).rowcount == 1
 
 
 def start(conn: Connection, thread_id: str, owner: str) -> None:
@@ -126,9 +149,11 @@ def settle(
         {
             "thread_id": thread_id,
             "status": status,
-            "result": Jsonb(result) if result is not None else None,
-            "interrupt": Jsonb(interrupt) if interrupt is not None else None,
-            "error": error,
+            "result": Jsonb(seal_json(result, "durakit_threads.result", thread_id)) if result is not None else None,
+            "interrupt": (
+                Jsonb(seal_json(interrupt, "durakit_threads.interrupt", thread_id)) if interrupt is not None else None
+            ),
+            "error": seal_text(error, "durakit_threads.last_error", thread_id),
             "error_node": error_node,
         },
     )
@@ -143,6 +168,7 @@ def record_decision(
     The thread turns `running` in the same transaction: should the process die before
     the answer is carried out, `recover` finds the thread and answers again from here.
     """
+    row = (thread_id, interrupt["id"])
     try:
         with conn.transaction():
             conn.execute(
@@ -151,11 +177,11 @@ def record_decision(
                     thread_id,
                     interrupt["id"],
                     interrupt.get("node"),
-                    interrupt.get("question"),
+                    seal_text(interrupt.get("question"), "durakit_decisions.question", *row),
                     answer["decision"],
                     answer["by"],
-                    answer.get("note"),
-                    Jsonb(answer),
+                    seal_text(answer.get("note"), "durakit_decisions.note", *row),
+                    Jsonb(seal_json(answer, "durakit_decisions.answer", *row)),
                     authorized_as,
                 ),
             )
@@ -167,7 +193,7 @@ def record_decision(
 
 def decision_for(conn: Connection, thread_id: str, interrupt_id: str) -> dict[str, Any] | None:
     row = conn.execute(GET_DECISION_SQL, (thread_id, interrupt_id)).fetchone()
-    return row["answer"] if row else None
+    return open_json(row["answer"], "durakit_decisions.answer", thread_id, interrupt_id) if row else None
 
 
 def who_decided(conn: Connection, thread_id: str, interrupt_id: str) -> dict[str, Any] | None:
@@ -179,7 +205,22 @@ def withdraw_decision(conn: Connection, thread_id: str, interrupt_id: str) -> No
 
 
 def decisions(conn: Connection, thread_id: str) -> list[dict[str, Any]]:
-    return conn.execute(THREAD_DECISIONS_SQL, (thread_id,)).fetchall()
+    rows = conn.execute(THREAD_DECISIONS_SQL, (thread_id,)).fetchall()
+    for row in rows:
+        for column in ("question", "note"):
+            row[column] = open_text(row[column], f"durakit_decisions.{column}", thread_id, row["interrupt_id"])
+    return rows
+
+
+def supersede(conn: Connection, thread_id: str, fork_thread_id: str) -> None:
+    """Mark a forked thread as replaced by its fork, and cancel its pending timers."""
+    conn.execute("UPDATE durakit_threads SET superseded_by = %s WHERE thread_id = %s", (fork_thread_id, thread_id))
+    conn.execute("UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND status = 'scheduled'",
+                 (thread_id,))
+
+
+def has_checkpoints(conn: Connection, thread_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = %s LIMIT 1", (thread_id,)).fetchone() is not None
 
 
 def checkpoints(conn: Connection, thread_id: str) -> list[dict[str, Any]]:

@@ -22,33 +22,43 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from langgraph.checkpoint.postgres import PostgresSaver
-from langgraph.errors import is_invalid_resume
-from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, StateSnapshot
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
-from durakit import db, events, faults, registry
+from durakit import db, encryption, events, faults, ledger, registry, timers
 from durakit.adapters.sandbox import Sandbox
-from durakit.authority import Authority, NotAuthorized
-from durakit.checkpointers import open_pool, postgres_saver
+from durakit.checkpointers import open_pool
 from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidInput, NotFound
 from durakit.events import EventLog
-from durakit.graphs import get_template
+from durakit.graphs import check_template_name, get_template
 from durakit.judgement import Judgement, judgement_from_env
 from durakit.lease import LeaseLost, ThreadLocks
 from durakit.ledger import EffectLedger, thread_effects
 from durakit.services import Adapters, Services
 from durakit.settings import KitSettings
-from durakit.templates import THREAD_ID_PATTERN, Template, TemplateRequest
 from durakit.timers import Timers, thread_timers
 
+# LangGraph and the templates are imported where a thread is advanced or a request
+# checked: looking at threads (status, history, threads, pending) reads durakit's tables
+# and needs neither, so those commands start in a fraction of the time.
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+    from langgraph.types import Command, StateSnapshot
+    from pydantic_settings import BaseSettings
+
+    from durakit.authority import Authority
+    from durakit.checkpointers.saver import DurakitSaver
+    from durakit.retention import PruneReport
+    from durakit.templates import Template, TemplateRequest
+
 STATUSES = ("running", "waiting", "completed", "failed")
+
+# Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
+THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 # How often one command reconnects after losing the database before it gives the thread
 # back (still `running`, for `durakit resume` or `recover`).
@@ -75,6 +85,7 @@ class ThreadView:
     attempts: int = 0
     stale: bool = False  # `running`, but its process is gone: `durakit recover` resumes it
     lease_owner: str | None = None
+    superseded_by: str | None = None  # forked into this thread, which alone goes on
     created_at: str | None = None
     updated_at: str | None = None
     effects: list[dict[str, Any]] | None = None
@@ -92,8 +103,9 @@ class ThreadView:
             error=row["last_error"] if row["status"] == "failed" else None,
             error_node=row["error_node"] if row["status"] == "failed" else None,
             attempts=row["attempts"],
-            stale=row["status"] == "running" and not row["lease_held"],
+            stale=row["status"] == "running" and not row["lease_held"] and not row["superseded_by"],
             lease_owner=row["lease_owner"],
+            superseded_by=row["superseded_by"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
@@ -115,6 +127,15 @@ class RecoveryReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"resumed": [view.to_dict() for view in self.resumed], "busy": self.busy, "errors": self.errors}
+
+
+def refuse_superseded(row: Mapping[str, Any]) -> None:
+    """Only the newest thread of a line of forks acts: two could make the same refund twice."""
+    if row["superseded_by"]:
+        raise Conflict(
+            f"Thread {row['thread_id']} was forked into {row['superseded_by']}, which alone goes on; "
+            f"use {row['superseded_by']}."
+        )
 
 
 def check_thread_id(thread_id: str) -> str:
@@ -191,7 +212,9 @@ class Runner:
             )
         except PoolTimeout as exc:
             raise DatabaseUnavailable(f"Cannot reach the database at {database.display}.") from exc
-        self.saver: PostgresSaver = postgres_saver(self.pool)
+        self.kit_settings = kit_settings
+        self._saver: DurakitSaver | None = None
+        self._saver_pool: ConnectionPool | None = None
         self.locks = ThreadLocks(database.url)
         self.events = EventLog(self.pool)
         self.sandbox = Sandbox(self.pool)
@@ -211,11 +234,30 @@ class Runner:
         self.db_retry_seconds = kit_settings.db_retry_seconds
         self._graphs: dict[str, CompiledStateGraph] = {}
 
+    @property
+    def saver(self) -> DurakitSaver:
+        """durakit's LangGraph saver, made when a thread is first advanced, on a pool of its
+        own whose connections are not pinged before each loan (see `open_pool`)."""
+        if self._saver is None:
+            from durakit.checkpointers import postgres_saver
+
+            db.check_installed_saver()
+            try:
+                self._saver_pool = open_pool(
+                    self.database.url, max_size=self.kit_settings.pool_max_size, name="durakit-saver",
+                    transaction_pooler=self.kit_settings.transaction_pooler, checked=False,
+                )
+            except PoolTimeout as exc:
+                raise DatabaseUnavailable(f"Cannot reach the database at {self.database.display}.") from exc
+            self._saver = postgres_saver(self._saver_pool, serde=encryption.checkpoint_serializer_from_env())
+        return self._saver
+
     @classmethod
     def open(cls, kit_settings: KitSettings | None = None, **kwargs: Any) -> Runner:
         """A runner on the configured database, after checking that its schema is current."""
         kit_settings = kit_settings or KitSettings.from_env()
         faults.configured()  # refuse a malformed DURAKIT_FAULT before anything runs
+        encryption.configured()  # and a malformed DURAKIT_ENCRYPTION_KEY
         database = db.locate(kit_settings)
         db.ensure_schema(database)
         return cls(database, kit_settings=kit_settings, **kwargs)
@@ -223,6 +265,8 @@ class Runner:
     def close(self) -> None:
         self.locks.close()
         self.pool.close()
+        if self._saver_pool is not None:
+            self._saver_pool.close()
 
     def __enter__(self) -> Runner:
         return self
@@ -264,6 +308,7 @@ class Runner:
         self._row(thread_id)  # unknown thread: NotFound before taking any lock
         with self.locks.hold(thread_id):
             row = self._row(thread_id)
+            refuse_superseded(row)
             if row["status"] == "completed":
                 raise Conflict(f"Thread {thread_id} is already completed; there is nothing to resume.")
             if row["status"] == "waiting":
@@ -275,10 +320,13 @@ class Runner:
 
     def approve(self, thread_id: str, decision: str, *, by: str, note: str | None = None) -> ThreadView:
         """Answer the question a waiting thread asks, and run it on from there."""
+        from langgraph.types import Command
+
         check_thread_id(thread_id)
         self._row(thread_id)
         with self.locks.hold(thread_id):
             row = self._row(thread_id)
+            refuse_superseded(row)
             if row["status"] != "waiting":
                 raise Conflict(f"Thread {thread_id} is {row['status']}, not waiting for a decision.")
             interrupt = row["interrupt"]
@@ -312,6 +360,8 @@ class Runner:
         self, template: Template, thread_id: str, interrupt: dict[str, Any], answer: dict[str, Any]
     ) -> list[str]:
         """The roles that let the answer's author answer; refused answers are logged."""
+        from durakit.authority import Authority, NotAuthorized
+
         if self.authority is None:
             self.authority = Authority.from_env(self.home)
         try:
@@ -349,6 +399,72 @@ class Runner:
             finally:
                 self.locks.release(thread_id)
         return report
+
+    # Time travel and retention
+
+    def fork(self, thread_id: str, to: str, *, checkpoint_id: str | None = None) -> ThreadView:
+        """Copy a thread into a new one, from its latest checkpoint or from `checkpoint_id`
+        (`durakit history` lists them), to replay it from there.
+
+        The fork inherits the source's ledger, idempotency keys included, and its timers:
+        a step the source already made (or started) with the same request is answered from
+        the record, or by the outside system under the same key, and never applied twice;
+        a step where the fork asks for something else is a new effect of the fork. The
+        source is superseded: only the fork goes on (two live threads could each make the
+        same refund), so forking again means forking the fork. A fork from a checkpoint
+        runs the step after it again (asking a question again, if that step asks one). The
+        fork is left `running` with no process on it (`durakit resume` runs it on), or
+        `waiting`, or `completed`, as its checkpoint says.
+        """
+        from durakit.checkpointers.saver import CheckpointNotFound
+
+        check_thread_id(thread_id)
+        check_thread_id(to)
+        if to == thread_id:
+            raise Conflict(f"A fork needs a new thread id, not {thread_id} itself.")
+        self._row(thread_id)
+        with self.locks.hold(thread_id), self.locks.hold(to):
+            source = self._row(thread_id)
+            refuse_superseded(source)
+            template = get_template(source["template"])
+            try:
+                with self.pool.connection() as conn, conn.transaction():
+                    if not registry.has_checkpoints(conn, thread_id):
+                        raise NotFound(f"Thread {thread_id} has no checkpoints to fork from (pruned, or never started).")
+                    created = registry.create(conn, to, template.name, source["request"], source["business_key"])
+                    if not created or registry.has_checkpoints(conn, to):
+                        raise Conflict(f"Thread {to} already exists; fork into a new thread id.")
+                    with conn.cursor() as cur:
+                        self.saver.copy_thread(thread_id, to, until=checkpoint_id, cur=cur)
+                    ledger.inherit(conn, thread_id, to)
+                    timers.inherit(conn, thread_id, to)
+                    registry.supersede(conn, thread_id, to)
+                    events.insert(conn, to, "forked", source=thread_id, checkpoint_id=checkpoint_id or "latest")
+                    events.insert(conn, thread_id, "forked_to", fork=to, checkpoint_id=checkpoint_id or "latest")
+            except CheckpointNotFound:
+                raise NotFound(
+                    f"Thread {thread_id} has no checkpoint {checkpoint_id}; `durakit history {thread_id}` lists them."
+                ) from None
+            snapshot = self._graph(template).get_state(self._config(to))
+            if snapshot.interrupts or is_finished(snapshot):
+                return self._settle(template, to, snapshot)
+        return ThreadView.from_row(self._row(to))  # read once the lock is let go: stale, as it is
+
+    def prune(
+        self, *, keep: int | None = None, older_than: timedelta | None = None, dry_run: bool = False
+    ) -> PruneReport:
+        """Give back the space of completed threads (`durakit.retention`): keep the last
+        `keep` checkpoints of each, and/or drop every checkpoint of those finished more
+        than `older_than` ago. Running, waiting and failed threads are never touched."""
+        from durakit import retention
+
+        if keep is None and older_than is None:
+            raise InvalidInput("Say what to prune: --keep N, --older-than AGE, or both.")
+        if keep is not None and keep < 1:
+            raise InvalidInput("--keep must be at least 1: the latest checkpoint is the thread's state.")
+        if older_than is not None and older_than <= timedelta(0):
+            raise InvalidInput("--older-than must be a positive age, such as 30d or 12h.")
+        return retention.prune(self.pool, self.saver, self.locks, keep=keep, older_than=older_than, dry_run=dry_run)
 
     def wait_until_released(self, thread_id: str, timeout: float = 10.0) -> bool:
         """Wait until no process holds the thread; False if one still does after `timeout`.
@@ -388,7 +504,7 @@ class Runner:
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"{status!r} is not a thread status; use one of: {', '.join(STATUSES)}.")
         if template is not None:
-            get_template(template)
+            check_template_name(template)
         with self.pool.connection() as conn:
             return [ThreadView.from_row(row) for row in registry.list_threads(conn, status=status, template=template)]
 
@@ -425,6 +541,8 @@ class Runner:
 
     def _continue(self, row: Mapping[str, Any], kind: str, *, reconnects: int = 0) -> ThreadView:
         """Advance a thread from wherever its last checkpoint left it (lock held)."""
+        from langgraph.types import Command
+
         template = get_template(row["template"])
         settings = self._settings(template)
         thread_id = row["thread_id"]
@@ -504,6 +622,8 @@ class Runner:
                     ) from exc
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
+        if self._saver_pool is not None:
+            self._saver_pool.check()  # its connections are not pinged on loan: replace the broken ones now
         try:
             self.locks.ensure_held(thread_id)
             return  # only the pool's connections broke; the lock's session lived on
@@ -518,6 +638,9 @@ class Runner:
     def _run_graph(
         self, template: Template, thread_id: str, graph_input: Any, kind: str, settings: BaseSettings
     ) -> ThreadView:
+        from langgraph.errors import is_invalid_resume
+        from langgraph.types import Command
+
         with self.pool.connection() as conn, conn.transaction():
             registry.start(conn, thread_id, self.owner)
             events.insert(conn, thread_id, kind)

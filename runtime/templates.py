@@ -6,19 +6,18 @@ line; `durakit.graphs` lists them by name.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langgraph.graph import StateGraph
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings
 
-# Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
-THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+if TYPE_CHECKING:
+    from langgraph.graph import StateGraph
+    from pydantic_settings import BaseSettings
+
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # order, ticket and customer ids
 
 

@@ -2,6 +2,8 @@
 
 Templates record them; firing them is the worker's job (a later step). Scheduling is
 idempotent per (thread, name), so a step that runs again after a crash records nothing new.
+With DURAKIT_ENCRYPTION_KEY set, a timer's payload (it can name a customer's email) is stored
+encrypted, bound to its (thread, name); whoever fires timers reads it with `open_payload`.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
+
+from durakit.encryption import open_json, seal_json
 
 # Returns the timer as stored: a step that runs again keeps the first due time.
 SCHEDULE_SQL = """
@@ -44,7 +49,8 @@ class Timers:
         with self.pool.connection() as conn:
             row = conn.execute(
                 SCHEDULE_SQL,
-                {"thread_id": self.thread_id, "name": name, "due_at": due_at, "payload": Jsonb(payload)},
+                {"thread_id": self.thread_id, "name": name, "due_at": due_at,
+                 "payload": Jsonb(seal_json(payload, "durakit_timers.payload", self.thread_id, name))},
             ).fetchone()
         return {"name": name, "due_at": row["due_at"]}
 
@@ -53,6 +59,33 @@ class Timers:
             conn.execute(CANCEL_SQL, (self.thread_id, name))
 
 
+def open_payload(stored: Any, thread_id: str, name: str) -> Any:
+    """A timer's payload as scheduled, from the stored column (decrypted with a key)."""
+    return open_json(stored, "durakit_timers.payload", thread_id, name)
+
+
+INHERIT_SQL = """
+INSERT INTO durakit_timers (thread_id, name, due_at, payload, status, created_at)
+VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(status)s, %(created_at)s)
+"""
+
+
+def inherit(conn: Connection, source_thread_id: str, fork_thread_id: str) -> int:
+    """Give a fork its source's timers, inside the caller's transaction."""
+    rows = conn.execute(
+        "SELECT name, due_at, payload, status, created_at FROM durakit_timers WHERE thread_id = %s",
+        (source_thread_id,),
+    ).fetchall()
+    for row in rows:
+        payload = open_payload(row["payload"], source_thread_id, row["name"])
+        sealed = Jsonb(seal_json(payload, "durakit_timers.payload", fork_thread_id, row["name"]))
+        conn.execute(INHERIT_SQL, {**row, "thread_id": fork_thread_id, "payload": sealed})
+    return len(rows)
+
+
 def thread_timers(pool: ConnectionPool, thread_id: str) -> list[dict[str, Any]]:
     with pool.connection() as conn:
-        return conn.execute(THREAD_TIMERS_SQL, (thread_id,)).fetchall()
+        rows = conn.execute(THREAD_TIMERS_SQL, (thread_id,)).fetchall()
+    for row in rows:
+        row["payload"] = open_payload(row["payload"], thread_id, row["name"])
+    return rows

@@ -225,3 +225,54 @@ def test_text_output_shows_customer_text_as_typed_even_when_it_looks_like_markup
     history = durakit("history", thread_id)
     assert history.returncode == 0, history.stderr
     assert "ann [/x" in history.stdout and "] see [bold]" in history.stdout
+
+
+def test_history_lists_checkpoints_and_fork_replays_from_one(waiting_thread, conn):
+    text = durakit("history", waiting_thread)
+    assert text.returncode == 0 and "checkpoint id" in text.stdout and "await_approval" in text.stdout
+    _, history, _ = durakit_json("history", waiting_thread)
+    before_question = next(c["checkpoint_id"] for c in history["checkpoints"] if c["next"] == ["await_approval"])
+
+    fork = unique("fork")
+    code, view, stderr = durakit_json("fork", waiting_thread, "--to", fork, "--checkpoint", before_question)
+    assert code == 0, stderr
+    assert (view["thread_id"], view["status"], view["stale"]) == (fork, "running", True)
+    code, view, _ = durakit_json("resume", fork)
+    assert (code, view["status"]) == (0, "waiting")
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["fork", "refund-nope-{u}", "--to", "fork-{u}"], 3),
+        (["fork", "{thread}", "--to", "fork-{u}", "--checkpoint", "1f0-no-such"], 3),
+        (["fork", "{thread}", "--to", "{thread}"], 4),
+        (["fork", "{thread}", "--to", "bad id"], 2),
+        (["prune"], 2),
+        (["prune", "--keep", "0"], 2),
+        (["prune", "--older-than", "30x"], 2),
+        (["prune", "--older-than", "0d"], 2),
+    ],
+)
+def test_fork_and_prune_refuse_bad_input_with_one_sentence_and_change_nothing(waiting_thread, conn, args, code):
+    counts = "SELECT (SELECT count(*) FROM durakit_threads) + (SELECT count(*) FROM checkpoints) AS n"
+    before = conn.execute(counts).fetchone()["n"]
+    u = unique("x")
+    done = durakit(*[a.format(u=u, thread=waiting_thread) for a in args])
+    assert done.returncode == code, done.stderr
+    assert one_sentence(done.stderr)
+    assert conn.execute(counts).fetchone()["n"] == before
+
+
+def test_prune_dry_run_reports_and_changes_nothing(make_order, conn):
+    order_id = make_order(30000)
+    code, view, _ = durakit_json("run", "refund", "--input", refund_input(order_id, "10.00"))
+    assert view["status"] == "completed"
+    checkpoints = "SELECT count(*) FROM checkpoints WHERE thread_id = %s"
+    before = conn.execute(checkpoints, (view["thread_id"],)).fetchone()["count"]
+    code, report, _ = durakit_json("prune", "--keep", "1", "--dry-run")
+    assert code == 0 and report["dry_run"] and view["thread_id"] in report["threads_trimmed"]
+    assert conn.execute(checkpoints, (view["thread_id"],)).fetchone()["count"] == before
+    text = durakit("prune", "--keep", "1")
+    assert text.returncode == 0 and "removed" in text.stdout
+    assert conn.execute(checkpoints, (view["thread_id"],)).fetchone()["count"] == 1

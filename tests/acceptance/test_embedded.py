@@ -27,3 +27,18 @@ def test_embedded_database_starts_on_demand_and_keeps_data_across_stop(tmp_path)
         assert json.loads(again.stdout)["status"] == "completed"
     finally:
         durakit("db", "stop", env=env)
+
+
+def test_a_process_killed_while_pgserver_wrote_its_pid_file_does_not_lock_everyone_out(tmp_path):
+    """pgserver rewrites `.handle_pids.json` in place; a SIGKILL mid-write once left it
+    empty, and every later command failed to start the embedded server (the soak hung)."""
+    env = {"DURAKIT_HOME": str(tmp_path), "DURAKIT_DATABASE_URL": ""}
+    try:
+        assert durakit("threads", env=env).returncode == 0
+        (tmp_path / "pgdata" / ".handle_pids.json").write_text("")  # as a kill mid-write leaves it
+        listed = durakit("threads", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stderr == ""  # nor a traceback from pgserver's exit hook
+        assert len(json.loads((tmp_path / "pgdata" / ".handle_pids.json").read_text())) <= 1  # does not grow
+    finally:
+        durakit("db", "stop", env=env)

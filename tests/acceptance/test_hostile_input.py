@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from durakit import cli
 from durakit.errors import DurakitError
 from durakit.graphs import TEMPLATES
-from durakit.runner import Runner
-from durakit.templates import IDENTIFIER, THREAD_ID_PATTERN
+from durakit.runner import THREAD_ID_PATTERN, Runner
+from durakit.templates import IDENTIFIER
 from tests.conftest import durakit, future_slot, unique
 
 EXAMPLES = int(os.environ.get("DURAKIT_HOSTILE_EXAMPLES", "40"))

@@ -41,6 +41,14 @@ def test_code_knows_the_alembic_head():
     assert tuple(in_order) == db.SCHEMA_REVISIONS
 
 
+def test_code_knows_the_checkpoint_migrations_and_refuses_a_saver_expecting_others(monkeypatch):
+    assert db.CHECKPOINT_MIGRATIONS == len(PostgresSaver.MIGRATIONS)
+    db.check_installed_saver()
+    monkeypatch.setattr(PostgresSaver, "MIGRATIONS", [*PostgresSaver.MIGRATIONS, "SELECT 1"])
+    with pytest.raises(DatabaseUnavailable, match="installed langgraph-checkpoint-postgres"):
+        db.check_installed_saver()
+
+
 def test_checkpoint_tables_are_exactly_what_stock_setup_creates(scratch_database, admin_url):
     stock_name = f"durakit_stock_{uuid.uuid4().hex[:8]}"
     stock_url = create_database(admin_url, stock_name)

@@ -9,8 +9,8 @@ from psycopg_pool import PoolTimeout
 from durakit import faults
 from durakit.adapters import TransientAdapterError
 from durakit.db import is_connection_lost, redact
-from durakit.errors import InvalidInput
-from durakit.graphs import get_template
+from durakit.errors import InvalidInput, NotFound
+from durakit.graphs import TEMPLATES, get_template
 from durakit.judgement import RulesJudgement
 from durakit.runner import check_thread_id, parse_request
 from durakit.settings import KitSettings
@@ -49,6 +49,13 @@ def test_thread_ids():
     for bad in ("", " x", "x;drop", "a" * 129, "../etc", "x\x00y", "abc\n"):
         with pytest.raises(InvalidInput):
             check_thread_id(bad)
+
+
+def test_templates_are_found_by_name_and_unknown_names_refused():
+    assert [template.name for template in TEMPLATES.values()] == list(TEMPLATES)
+    assert "nope" not in TEMPLATES and TEMPLATES.get("nope") is None
+    with pytest.raises(NotFound, match="durakit templates"):
+        get_template("nope")
 
 
 def test_request_amounts_become_exact_cents():
