@@ -9,7 +9,9 @@ locking:
 - `put_writes` saves a task's writes in one statement; stock sends one per write.
 - Over a pool, calls run in parallel on their own connections; stock serialises every
   call of a saver instance behind one lock, even over a pool.
-- `copy_thread` and `delete_for_runs` exist (stock raises NotImplementedError).
+- `copy_thread` (with `until=` for a fork) and `delete_for_runs` exist (stock raises
+  NotImplementedError), and `keep_latest(thread, n)` for retention.
+- No pipeline mode: a call is one statement already.
 - `inline_primitives=False` stores even str/int/float/bool channel values as blobs,
   so an encrypting serializer covers them too (stock keeps them in clear in the
   checkpoint's JSONB).
@@ -240,7 +242,6 @@ class DurakitSaver(_Statements, PostgresSaver):
                 raise CheckpointNotFound(f"Thread {source_thread_id} has no checkpoint {until}.")
             for statement in sql.COPY_THREAD:
                 cur.execute(statement, params)
-
 
     def keep_latest(self, thread_id: str, keep: int, *, cur: Cursor[DictRow] | None = None) -> int:
         """Delete all but the `keep` latest checkpoints of each namespace of a thread;

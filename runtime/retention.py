@@ -82,6 +82,8 @@ def prune(
     for row in candidates:
         report.threads_examined += 1
         expired = row["expired"]
+        if expired and not row["checkpoints"]:
+            continue  # emptied by an earlier prune
         if not expired and (row["uses_delta"] and row["beyond_keep"]):
             report.kept_whole.append(row["thread_id"])
             continue
@@ -106,7 +108,7 @@ def _prune_thread(
     conn: Connection, saver: DurakitSaver, thread_id: str, *, expired: bool, keep: int | None, report: PruneReport
 ) -> None:
     if conn.execute(STILL_COMPLETED_SQL, (thread_id,)).fetchone() is None:
-        return  # resumed or forked into something else since the list was read
+        return  # no longer completed since the list was read
     with conn.cursor() as cur:
         if expired:
             cur.execute("SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", (thread_id,))

@@ -153,3 +153,4 @@ def test_prune_older_than_empties_old_completed_threads_and_keeps_their_audit(ru
     assert refund_effects(conn, ids)["refunds"] == 1
     with pytest.raises(NotFound, match="no checkpoints"):
         runner.fork(old, unique("fork"))
+    assert old not in runner.prune(older_than=timedelta(days=30)).threads_emptied  # once is enough
