@@ -194,9 +194,11 @@ def fork(
 ) -> None:
     """Copy a thread into a new one from one of its checkpoints, to replay it from there.
 
-    `durakit history THREAD_ID` lists the checkpoints and the step each starts. The fork
-    runs that step again (`durakit resume NEW_ID`), or asks its question again if the
-    thread was waiting there. It inherits the ledger: nothing the source did is done twice.
+    `durakit history THREAD_ID` lists the checkpoints and the step each starts; `durakit
+    resume NEW_ID` runs the fork on from that step. Without --checkpoint the fork starts
+    where the thread stands (a waiting one waits for its own answer). The fork inherits the
+    ledger, so nothing the source did is done twice, and the source is superseded: only
+    the fork goes on.
     """
     with open_runner() as runner:
         view = runner.fork(thread_id, to, checkpoint_id=checkpoint)
@@ -209,7 +211,7 @@ AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 def parse_age(text: str) -> timedelta:
     """`30d`, `12h`, `90m` or `2w` as a timedelta."""
     number, unit = text[:-1], text[-1:].lower()
-    if unit not in AGE_UNITS or not number.isdigit() or int(number) == 0 or len(number) > 6:
+    if unit not in AGE_UNITS or not (number.isascii() and number.isdigit()) or len(number) > 6 or int(number) == 0:
         raise InvalidInput(f"--older-than takes an age such as 30d, 12h, 90m or 2w, not {text!r}.")
     return timedelta(**{AGE_UNITS[unit]: int(number)})
 

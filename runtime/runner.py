@@ -59,6 +59,7 @@ STATUSES = ("running", "waiting", "completed", "failed")
 
 # Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
 THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+CHECKPOINT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # LangGraph's are UUIDs
 
 # How often one command reconnects after losing the database before it gives the thread
 # back (still `running`, for `durakit resume` or `recover`).
@@ -420,6 +421,8 @@ class Runner:
 
         check_thread_id(thread_id)
         check_thread_id(to)
+        if checkpoint_id is not None and not CHECKPOINT_ID_PATTERN.fullmatch(checkpoint_id):
+            raise InvalidInput(f"{checkpoint_id[:80]!r} is not a checkpoint id; `durakit history {thread_id}` lists them.")
         if to == thread_id:
             raise Conflict(f"A fork needs a new thread id, not {thread_id} itself.")
         self._row(thread_id)
@@ -460,8 +463,8 @@ class Runner:
 
         if keep is None and older_than is None:
             raise InvalidInput("Say what to prune: --keep N, --older-than AGE, or both.")
-        if keep is not None and keep < 1:
-            raise InvalidInput("--keep must be at least 1: the latest checkpoint is the thread's state.")
+        if keep is not None and not 1 <= keep <= 1_000_000:
+            raise InvalidInput("--keep takes a number from 1 (the latest checkpoint is the thread's state) to 1000000.")
         if older_than is not None and older_than <= timedelta(0):
             raise InvalidInput("--older-than must be a positive age, such as 30d or 12h.")
         return retention.prune(self.pool, self.saver, self.locks, keep=keep, older_than=older_than, dry_run=dry_run)

@@ -250,8 +250,11 @@ def test_history_lists_checkpoints_and_fork_replays_from_one(waiting_thread, con
         (["fork", "{thread}", "--to", "bad id"], 2),
         (["prune"], 2),
         (["prune", "--keep", "0"], 2),
+        (["prune", "--keep", "99999999999999999999"], 2),
         (["prune", "--older-than", "30x"], 2),
         (["prune", "--older-than", "0d"], 2),
+        (["prune", "--older-than", "\u00b2d"], 2),
+        (["prune", "--older-than", "9" * 5000 + "d"], 2),
     ],
 )
 def test_fork_and_prune_refuse_bad_input_with_one_sentence_and_change_nothing(waiting_thread, conn, args, code):

@@ -110,6 +110,8 @@ def test_fork_refuses_bad_targets_and_changes_nothing(runner, conn):
         runner.fork(source, source)
     with pytest.raises(InvalidInput):
         runner.fork(source, "has spaces")
+    with pytest.raises(InvalidInput):
+        runner.fork(source, unique("fork"), checkpoint_id="1f0\x00; DROP TABLE checkpoints")
     other, _ = waiting_refund(runner)
     with pytest.raises(Conflict):
         runner.fork(source, other)
