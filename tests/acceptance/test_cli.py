@@ -239,6 +239,9 @@ def test_history_lists_checkpoints_and_fork_replays_from_one(waiting_thread, con
     assert (view["thread_id"], view["status"], view["stale"]) == (fork, "running", True)
     code, view, _ = durakit_json("resume", fork)
     assert (code, view["status"]) == (0, "waiting")
+    shown = durakit("status", fork).stdout
+    assert "request_approval" in shown and "done (inherited)" in shown  # the approval email was not sent again
+    assert f"forked into {fork}" in durakit("status", waiting_thread).stdout
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from durakit.errors import Conflict, InvalidInput, NotFound
 from durakit.runner import Runner
 from tests.conftest import unique
-from tests.scenarios import refund_effects, refund_setup
+from tests.scenarios import booking_setup, refund_effects, refund_setup
 
 
 def waiting_refund(runner: Runner) -> tuple[str, dict[str, str]]:
@@ -156,3 +156,15 @@ def test_prune_older_than_empties_old_completed_threads_and_keeps_their_audit(ru
     with pytest.raises(NotFound, match="no checkpoints"):
         runner.fork(old, unique("fork"))
     assert old not in runner.prune(older_than=timedelta(days=30)).threads_emptied  # once is enough
+
+
+def test_a_fork_takes_over_the_timers_of_its_source(runner, conn):
+    request, _ = booking_setup()(runner)
+    source = runner.run("booking", request)
+    assert source.status == "completed"
+    fork = unique("fork")
+    runner.fork(source.thread_id, fork)
+    timers = "SELECT name, status FROM durakit_timers WHERE thread_id = %s ORDER BY name"
+    reminders = conn.execute(timers, (source.thread_id,)).fetchall()
+    assert reminders and {row["status"] for row in reminders} == {"cancelled"}
+    assert conn.execute(timers, (fork,)).fetchall() == [{**row, "status": "scheduled"} for row in reminders]
