@@ -15,7 +15,9 @@ its thread (its first event), a few from its start, so process start-up, lock ta
 model-free judgement, checkpoint writes and sandbox calls (slowed by
 DURAKIT_SANDBOX_LATENCY_MS) are all hit. Interrupted threads are resumed by
 `durakit recover` (itself killed now and then); waiting threads are answered with
-`durakit approve` as their questions appear.
+`durakit approve` as their questions appear. A thread that sleeps on a timer (a
+reminder, a follow-up), or whose question the scenario lets pass its deadline, has the
+timer moved to now and a `durakit worker --burst` fires it (killed now and then too).
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from durakit import db
+from durakit import db, timers
 from durakit.runner import Runner
 from durakit.settings import KitSettings
-from tests.scenarios import SCENARIOS, Scenario, answer_for, thread_id_for
+from tests.scenarios import LET_IT_PASS, SCENARIOS, Scenario, next_move, thread_id_for
 
 KILLED = -signal.SIGKILL
 
@@ -60,7 +63,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     output: Any  # temporary files for stdout and stderr: a pipe nobody reads could fill and block
     errors: Any
-    action: str  # run, approve, resume or recover
+    action: str  # run, approve, resume, recover or worker
     thread_id: str | None
     started: float
     last_event: int  # the thread's newest event id when the child started
@@ -221,17 +224,27 @@ class Soak:
                 candidates.append(("run", thread_id, ["run", tracked.scenario.template, "--input",
                                                       json.dumps(tracked.request), "--json"]))
             elif row["status"] == "waiting":
-                answers = tracked.scenario.answers
-                if row["answered"] >= len(answers):
+                # Decisions so far (people's and deadlines') say which of the scenario's
+                # answers comes next; sleeps come after the last answer.
+                answers = list(tracked.scenario.answers[row["answered"]:])
+                if row["interrupt"].get("decisions") and not answers:
                     continue  # more questions than the scenario has answers: reported as lost
-                decision = answer_for(answers[row["answered"]], row["interrupt"])
-                candidates.append(("approve", thread_id, ["approve", thread_id, "--decision", decision,
-                                                          "--by", "soak", "--json"]))
+                kind, value = next_move(row["interrupt"], answers)
+                if kind == "timer":
+                    self.move_timer(thread_id, value)
+                    candidates.append(("worker", thread_id, ["worker", "--burst", "--stalled-after", "2"]))
+                else:
+                    candidates.append(("approve", thread_id, ["approve", thread_id, "--decision", value,
+                                                              "--by", "soak", "--json"]))
             elif row["status"] == "failed":
                 candidates.append(("resume", thread_id, ["resume", thread_id, "--json"]))
         self.rng.shuffle(candidates)
         for action, thread_id, args in candidates[: max(0, self.parallel - len(self.children))]:
             self.start_child(action, thread_id, args, states)
+
+    def move_timer(self, thread_id: str, name: str) -> None:
+        with psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=5) as conn:
+            timers.move(conn, thread_id, name, datetime.now(UTC))  # a no-op once it fired
 
     def start_child(self, action: str, thread_id: str | None, args: list[str], states) -> None:
         output, errors = tempfile.TemporaryFile(), tempfile.TemporaryFile()
@@ -337,11 +350,15 @@ class Soak:
                 ).fetchone()["n"]
                 if not self.events_consistent(conn, tracked):
                     report.inconsistent_events += 1
-                    self.say(f"  inconsistent event log: {thread_id}")
+                    kinds = [row["kind"] for row in conn.execute(
+                        "SELECT kind FROM durakit_events WHERE thread_id = %s AND kind <> 'node_finished' ORDER BY id",
+                        (thread_id,))]
+                    self.say(f"  inconsistent event log: {thread_id}: {', '.join(kinds)}")
 
     def events_consistent(self, conn: psycopg.Connection, tracked: Tracked) -> bool:
-        """One `completed` event, last; one `decided` event per recorded decision, one per
-        answer the scenario gives; every ledger entry finished."""
+        """One `completed` event, last; one `decided` event per answer a person gave, one
+        `timer_fired` per decision a timer made (a deadline, a wake-up); every ledger
+        entry finished."""
         kinds = [row["kind"] for row in conn.execute(
             "SELECT kind FROM durakit_events WHERE thread_id = %s ORDER BY id", (tracked.thread_id,))]
         decisions = conn.execute("SELECT count(*) AS n FROM durakit_decisions WHERE thread_id = %s",
@@ -349,8 +366,9 @@ class Soak:
         unfinished = conn.execute("SELECT count(*) AS n FROM durakit_effects WHERE thread_id = %s AND status <> 'done'",
                                   (tracked.thread_id,)).fetchone()["n"]
         counts = Counter(kinds)
+        people = len([answer for answer in tracked.scenario.answers if answer != LET_IT_PASS])
         return (counts["completed"] == 1 and kinds[-1] == "completed" and unfinished == 0
-                and counts["decided"] == decisions == len(tracked.scenario.answers))
+                and counts["decided"] == people and counts["decided"] + counts["timer_fired"] == decisions)
 
 
 def main(argv: list[str] | None = None) -> None:

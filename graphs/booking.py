@@ -1,6 +1,7 @@
 r"""Booking: a customer asks for an appointment slot.
 
     check_availability -> hold_slot -> take_deposit -> send_confirmation -> schedule_reminder
+            |                 |             |       await_reminder -> send_reminder <-/  (sleeps until due)
             |                 |             \-> release_hold -> notify_payment_failed   (card declined)
             |                 \-> check_availability   (taken between the check and the hold)
             \-> propose_alternatives -> await_choice -> check_availability  (slot taken: customer picks)
@@ -9,8 +10,10 @@ r"""Booking: a customer asks for an appointment slot.
 Holding the slot comes before the deposit, so a paying customer always has a slot; a
 declined card releases the hold again (compensation) and the thread ends as
 `payment_failed`, not as a crash. A step that can run more than once in a thread (the
-hold, the proposal) names each run in its ledger step key. A reminder that would fall due
-before the booking is made (a slot sooner than the reminder's lead time) is not recorded.
+hold, the proposal) names each run in its ledger step key. Once booked, the thread sleeps
+until the reminder is due (48 hours before the slot by default), a worker wakes it, and
+it emails the reminder. A reminder that would fall due before the booking is made (a
+slot sooner than the reminder's lead time) is skipped, and the thread ends at once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from durakit.state.booking import (
     SlotChoice,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, ask_human, step
+from durakit.steps import TRANSIENT_RETRY, ask_human, sleep_until, step
 from durakit.templates import Template
 
 Context = Runtime[Services[BookingSettings]]
@@ -136,12 +139,27 @@ def send_confirmation(state: BookingState, runtime: Context) -> dict[str, Any]:
 
 
 def schedule_reminder(state: BookingState, runtime: Context) -> dict[str, Any]:
+    # Decided once, here: the node that sleeps runs again when woken, past the due time.
     hours = runtime.context.settings.reminder_hours_before
     due = datetime.fromisoformat(state["slot"]) - timedelta(hours=hours)
     if due <= datetime.now(UTC):
         return {"reminder": {"skipped": f"the slot is less than {hours} hours away"}, "outcome": "booked"}
-    reminder = runtime.context.timers.schedule("reminder", due, slot=state["slot"], to=state["customer_email"])
-    return {"reminder": reminder, "outcome": "booked"}
+    return {"reminder": {"due_at": due.isoformat()}, "outcome": "booked"}
+
+
+def await_reminder(state: BookingState, runtime: Context) -> dict[str, Any]:
+    woken = sleep_until("reminder", datetime.fromisoformat(state["reminder"]["due_at"]), slot=state["slot"])
+    return {"reminder": {**state["reminder"], "woken_at": woken["fired_at"]}}
+
+
+def send_reminder(state: BookingState, runtime: Context) -> dict[str, Any]:
+    sent = runtime.context.send_email(
+        "send_reminder",
+        to=state["customer_email"],
+        subject=f"Reminder: {state['service']} at {state['slot']}",
+        body=f"See you at {state['slot']}. Your deposit {state['deposit']['charge_id']} is taken.",
+    )
+    return {"reminder": {**state["reminder"], "sent": sent}}
 
 
 # Routing
@@ -164,6 +182,10 @@ def after_choice(state: BookingState) -> str:
 
 def after_deposit(state: BookingState) -> str:
     return "send_confirmation" if state["deposit"]["charge_id"] else "release_hold"
+
+
+def after_reminder_scheduled(state: BookingState) -> str:
+    return END if "skipped" in state["reminder"] else "await_reminder"
 
 
 def summarize(state: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +212,8 @@ builder.add_node("notify_payment_failed", step(notify_payment_failed), retry_pol
 builder.add_node("notify_no_slot", step(notify_no_slot), retry_policy=TRANSIENT_RETRY)
 builder.add_node("send_confirmation", step(send_confirmation), retry_policy=TRANSIENT_RETRY)
 builder.add_node("schedule_reminder", step(schedule_reminder), retry_policy=TRANSIENT_RETRY)
+builder.add_node("await_reminder", step(await_reminder))
+builder.add_node("send_reminder", step(send_reminder), retry_policy=TRANSIENT_RETRY)
 
 builder.add_edge(START, "check_availability")
 builder.add_conditional_edges(
@@ -203,7 +227,9 @@ builder.add_edge("release_hold", "notify_payment_failed")
 builder.add_edge("notify_payment_failed", END)
 builder.add_edge("notify_no_slot", END)
 builder.add_edge("send_confirmation", "schedule_reminder")
-builder.add_edge("schedule_reminder", END)
+builder.add_conditional_edges("schedule_reminder", after_reminder_scheduled, ["await_reminder", END])
+builder.add_edge("await_reminder", "send_reminder")
+builder.add_edge("send_reminder", END)
 
 TEMPLATE = Template(
     name="booking",

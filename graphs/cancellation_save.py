@@ -5,9 +5,12 @@ r"""Cancellation save: a customer wants to cancel; try to keep them with an offe
                           |  \-> request_supervisor_approval -> await_supervisor            ^   |
                           \------------------- (nothing worth offering) -------------------/   v
                                log_outcome -> send_confirmation -> schedule_follow_up <--------/
+                                                    check_follow_up <- await_follow_up <-/
 
 An offer worth more than the configured limit waits for a supervisor; a rejected offer
-is cut down to the limit, not dropped. A model's unusable offer falls back to the rules
+is cut down to the limit, not dropped, and so is one no supervisor answers within the
+deadline. After the outcome the thread sleeps 30 days, then checks on the account (still
+with us? gone after all?) and logs what it found. A model's unusable offer falls back to the rules
 engine; the supervisor limit applies to either.
 """
 
@@ -29,7 +32,7 @@ from durakit.state.cancellation_save import (
     SupervisorAnswer,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, ask_human, step
+from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, sleep_until, step
 from durakit.templates import Template, money
 
 Context = Runtime[Services[CancellationSettings]]
@@ -82,10 +85,15 @@ def request_supervisor_approval(state: CancellationState, runtime: Context) -> d
 
 
 def await_supervisor(state: CancellationState, runtime: Context) -> dict[str, Any]:
+    hours = runtime.context.settings.supervisor_deadline_hours
     answer = ask_human(
         f"Offer {describe(state['offer'])} to keep account {state['account_id']}?",
         ["approve", "reject"],
         SupervisorAnswer,
+        deadline=Deadline(
+            "supervisor_deadline", datetime.now(UTC) + timedelta(hours=hours), "reject",
+            note=f"no supervisor answered within {hours} hours",
+        ),
         account_id=state["account_id"],
         offer=state["offer"],
         limit_cents=runtime.context.settings.approval_above_cents,
@@ -165,9 +173,30 @@ def send_confirmation(state: CancellationState, runtime: Context) -> dict[str, A
 
 
 def schedule_follow_up(state: CancellationState, runtime: Context) -> dict[str, Any]:
+    # Decided once, here: the node that sleeps runs again when woken, 30 days on.
     due = datetime.now(UTC) + timedelta(days=runtime.context.settings.follow_up_days)
-    follow_up = runtime.context.timers.schedule("follow_up", due, account_id=state["account_id"], outcome=state["outcome"])
-    return {"follow_up": follow_up}
+    return {"follow_up": {"due_at": due.isoformat(timespec="seconds")}}
+
+
+def await_follow_up(state: CancellationState, runtime: Context) -> dict[str, Any]:
+    woken = sleep_until("follow_up", datetime.fromisoformat(state["follow_up"]["due_at"]), outcome=state["outcome"])
+    return {"follow_up": {**state["follow_up"], "woken_at": woken["fired_at"]}}
+
+
+def check_follow_up(state: CancellationState, runtime: Context) -> dict[str, Any]:
+    found = runtime.context.billing.get_account(state["account_id"])
+    status = found[0]["status"] if found else "unknown"
+    request = {
+        "customer_id": state["account"]["customer_id"],
+        "subject": f"{runtime.context.settings.follow_up_days}-day follow-up on {state['account_id']}",
+        "body": {"outcome": state["outcome"], "account_status": status,
+                 "kept": state["outcome"] == "saved" and status == "active"},
+    }
+    note = runtime.context.effects.apply(
+        "check_follow_up", "crm", request,
+        lambda key: runtime.context.crm.log_interaction(**request, idempotency_key=key),
+    )
+    return {"follow_up_check": {"account_status": status, "crm_note": note}}
 
 
 # Routing
@@ -204,6 +233,7 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
         "offered_by": offer.get("offered_by"),
         "supervisor": (state.get("supervisor") or {}).get("decision"),
         "follow_up_due": (state.get("follow_up") or {}).get("due_at"),
+        "account_status_at_follow_up": (state.get("follow_up_check") or {}).get("account_status"),
     }
 
 
@@ -221,6 +251,8 @@ builder.add_node("cancel_subscription", step(cancel_subscription), retry_policy=
 builder.add_node("log_outcome", step(log_outcome), retry_policy=TRANSIENT_RETRY)
 builder.add_node("send_confirmation", step(send_confirmation), retry_policy=TRANSIENT_RETRY)
 builder.add_node("schedule_follow_up", step(schedule_follow_up), retry_policy=TRANSIENT_RETRY)
+builder.add_node("await_follow_up", step(await_follow_up))
+builder.add_node("check_follow_up", step(check_follow_up), retry_policy=TRANSIENT_RETRY)
 
 builder.add_edge(START, "fetch_account")
 builder.add_conditional_edges("fetch_account", after_fetch, ["compute_offer", END])
@@ -235,7 +267,9 @@ builder.add_edge("apply_retention", "log_outcome")
 builder.add_edge("cancel_subscription", "log_outcome")
 builder.add_edge("log_outcome", "send_confirmation")
 builder.add_edge("send_confirmation", "schedule_follow_up")
-builder.add_edge("schedule_follow_up", END)
+builder.add_edge("schedule_follow_up", "await_follow_up")
+builder.add_edge("await_follow_up", "check_follow_up")
+builder.add_edge("check_follow_up", END)
 
 TEMPLATE = Template(
     name="cancellation-save",

@@ -1,20 +1,20 @@
 r"""Escalation: hand a conversation to a human agent, and make sure somebody takes it.
 
-    fetch_history -> summarize -> create_ticket -> assign_queue -> schedule_reminder -> await_agent
-                                                       ^                                   |
-                                                       \------------ (reassign) -----------+
-                                                                                           v (accept)
-                                                                   mark_accepted -> notify_customer
+    fetch_history -> summarize -> create_ticket -> assign_queue -> await_agent <-> remind_queue (every 48 h
+                                                       ^              |                 while unaccepted)
+                                                       \- (reassign) -+
+                                                                      v (accept)
+                                                       mark_accepted -> notify_customer
 
 The summary and priority come from judgement (rules or a model). If a model's answer is
 unusable, the case goes to the triage queue for a person to read, rather than being
-prioritised by a guess. Every assignment (re)starts a reminder timer that fires if the
-ticket is still unaccepted when it is due; accepting cancels it.
+prioritised by a guess. While the ticket is unaccepted, a timer reminds its queue every
+48 hours (counted from the assignment); accepting or reassigning cancels it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -24,13 +24,14 @@ from durakit.services import Services
 from durakit.state.escalation import (
     ACCEPT,
     REASSIGN,
+    REMIND,
     AgentAnswer,
     EscalationRequest,
     EscalationSettings,
     EscalationState,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, ask_human, step
+from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, step
 from durakit.templates import Template
 
 Context = Runtime[Services[EscalationSettings]]
@@ -81,18 +82,10 @@ def assign_queue(state: EscalationState, runtime: Context) -> dict[str, Any]:
         lambda key: runtime.context.ticketing.assign_queue(**request, idempotency_key=key),
         node="assign_queue",
     )
-    return {"assignment": assignment, "round": round_}
-
-
-def schedule_reminder(state: EscalationState, runtime: Context) -> dict[str, Any]:
-    runtime.context.timers.cancel(f"reminder:{state['round'] - 1}")  # the previous queue's, if any
-    due = datetime.fromisoformat(state["assignment"]["assigned_at"]) + timedelta(
+    first_reminder = datetime.fromisoformat(assignment["assigned_at"]) + timedelta(
         hours=runtime.context.settings.reminder_hours
     )
-    reminder = runtime.context.timers.schedule(
-        f"reminder:{state['round']}", due, ticket_id=state["ticket"]["ticket_id"], queue=state["queue"]
-    )
-    return {"reminder": reminder}
+    return {"assignment": assignment, "round": round_, "reminders": 0, "next_reminder_at": first_reminder.isoformat()}
 
 
 def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
@@ -102,6 +95,12 @@ def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
         f"{state['summary']['summary']}",
         [ACCEPT, *(REASSIGN + queue for queue in other_queues)],
         AgentAnswer,
+        deadline=Deadline(
+            f"reminder:{state['round']}:{state['reminders'] + 1}",
+            datetime.fromisoformat(state["next_reminder_at"]),
+            REMIND,
+            note=f"not accepted within {runtime.context.settings.reminder_hours} hours",
+        ),
         ticket_id=state["ticket"]["ticket_id"],
         queue=state["queue"],
     )
@@ -110,8 +109,23 @@ def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
     return {"agent": answer.model_dump()}
 
 
+def remind_queue(state: EscalationState, runtime: Context) -> dict[str, Any]:
+    reminders = state["reminders"] + 1
+    hours = runtime.context.settings.reminder_hours
+    ticket = state["ticket"]
+    sent = runtime.context.send_email(
+        f"remind_queue:{state['round']}:{reminders}",
+        to=runtime.context.settings.queue_inbox.format(queue=state["queue"]),
+        subject=f"[{ticket['ticket_id']}] still waiting for an agent",
+        body=f"Ticket {ticket['ticket_id']} ({state['summary']['priority']}) has waited over {hours * reminders} hours "
+        f"in {state['queue']}: {state['summary']['summary']}",
+        node="remind_queue",
+    )
+    next_at = datetime.now(UTC) + timedelta(hours=hours)
+    return {"reminders": reminders, "next_reminder_at": next_at.isoformat(), "last_reminder": sent}
+
+
 def mark_accepted(state: EscalationState, runtime: Context) -> dict[str, Any]:
-    runtime.context.timers.cancel(f"reminder:{state['round']}")
     return {"outcome": "accepted"}
 
 
@@ -130,7 +144,8 @@ def notify_customer(state: EscalationState, runtime: Context) -> dict[str, Any]:
 
 
 def after_agent(state: EscalationState) -> str:
-    return "mark_accepted" if state["agent"]["decision"] == ACCEPT else "assign_queue"
+    decision = state["agent"]["decision"]
+    return {ACCEPT: "mark_accepted", REMIND: "remind_queue"}.get(decision, "assign_queue")
 
 
 def summarize_result(state: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +157,7 @@ def summarize_result(state: dict[str, Any]) -> dict[str, Any]:
         "summarized_by": (state.get("summary") or {}).get("summarized_by"),
         "accepted_by": (state.get("agent") or {}).get("by"),
         "assignments": state.get("round"),
+        "reminders": state.get("reminders"),
     }
 
 
@@ -152,8 +168,8 @@ builder.add_node("fetch_history", step(fetch_history), retry_policy=TRANSIENT_RE
 builder.add_node("summarize", step(summarize), retry_policy=TRANSIENT_RETRY)
 builder.add_node("create_ticket", step(create_ticket), retry_policy=TRANSIENT_RETRY)
 builder.add_node("assign_queue", step(assign_queue), retry_policy=TRANSIENT_RETRY)
-builder.add_node("schedule_reminder", step(schedule_reminder), retry_policy=TRANSIENT_RETRY)
 builder.add_node("await_agent", step(await_agent))
+builder.add_node("remind_queue", step(remind_queue), retry_policy=TRANSIENT_RETRY)
 builder.add_node("mark_accepted", step(mark_accepted), retry_policy=TRANSIENT_RETRY)
 builder.add_node("notify_customer", step(notify_customer), retry_policy=TRANSIENT_RETRY)
 
@@ -161,9 +177,9 @@ builder.add_edge(START, "fetch_history")
 builder.add_edge("fetch_history", "summarize")
 builder.add_edge("summarize", "create_ticket")
 builder.add_edge("create_ticket", "assign_queue")
-builder.add_edge("assign_queue", "schedule_reminder")
-builder.add_edge("schedule_reminder", "await_agent")
-builder.add_conditional_edges("await_agent", after_agent, ["mark_accepted", "assign_queue"])
+builder.add_edge("assign_queue", "await_agent")
+builder.add_conditional_edges("await_agent", after_agent, ["mark_accepted", "assign_queue", "remind_queue"])
+builder.add_edge("remind_queue", "await_agent")
 builder.add_edge("mark_accepted", "notify_customer")
 builder.add_edge("notify_customer", END)
 

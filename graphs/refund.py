@@ -2,11 +2,15 @@ r"""Refund: a customer asks for money back on an order.
 
     load_order -> check_eligibility -> issue_refund -> sync_crm -> notify_customer -> write_audit
                                     \-> request_approval -> await_approval -/  (approve)
+                                    |                         ^     \-> escalate_approval (no answer
+                                    |                         \--------/  by the deadline)
                                     \-> notify_customer (ineligible, or rejected by a person,
                                                         or refused by billing at issue time)
 
 Small, low-risk refunds are issued on their own; anything above the auto-approval limit
-or with more than low risk waits for a person. Every step that changes an outside system
+or with more than low risk waits for a person. An approval nobody answers within the
+deadline goes to the escalations inbox (or is rejected, as configured); an escalated
+one nobody answers is rejected. Every step that changes an outside system
 goes through the ledger (`runtime.context.effects`), so a crash or a retry never refunds,
 logs or emails twice. Deciding happens in nodes that change nothing.
 """
@@ -27,7 +31,7 @@ from durakit.state.refund import (
     RefundState,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, ask_human, step
+from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, step
 from durakit.templates import Template, money
 
 Context = Runtime[Services[RefundSettings]]
@@ -83,11 +87,19 @@ def request_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
 
 
 def await_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
-    order, risk = state["order"], state["risk"]
+    order, risk, settings = state["order"], state["risk"], runtime.context.settings
+    round_ = state.get("approval_round", 1)
+    hours = settings.approval_deadline_hours
     answer = ask_human(
         f"Refund {money(state['amount_cents'], order['currency'])} on order {state['order_id']}?",
         ["approve", "reject"],
         ApprovalAnswer,
+        deadline=Deadline(
+            f"approval_deadline:{round_}",
+            datetime.now(UTC) + timedelta(hours=hours),
+            settings.on_approval_deadline if round_ == 1 else "reject",
+            note=f"nobody answered within {hours} hours",
+        ),
         order_id=state["order_id"],
         amount_cents=state["amount_cents"],
         risk=risk["risk"],
@@ -98,6 +110,19 @@ def await_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
     if answer.decision == "reject":
         update["outcome"] = "rejected"
     return update
+
+
+def escalate_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
+    order = state["order"]
+    sent = runtime.context.send_email(
+        "escalate_approval",
+        to=runtime.context.settings.escalations_inbox,
+        subject=f"Unanswered refund approval: {money(state['amount_cents'], order['currency'])} "
+        f"on order {state['order_id']}",
+        body=f"Nobody answered within {runtime.context.settings.approval_deadline_hours} hours. "
+        f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
+    )
+    return {"escalation": sent, "approval_round": 2}
 
 
 def issue_refund(state: RefundState, runtime: Context) -> dict[str, Any]:
@@ -178,7 +203,9 @@ def after_eligibility(state: RefundState) -> str:
 
 
 def after_approval(state: RefundState) -> str:
-    return "issue_refund" if state["approval"]["decision"] == "approve" else "notify_customer"
+    return {"approve": "issue_refund", "reject": "notify_customer", "escalate": "escalate_approval"}[
+        state["approval"]["decision"]
+    ]
 
 
 def after_refund(state: RefundState) -> str:
@@ -204,6 +231,7 @@ builder.add_node("load_order", step(load_order), retry_policy=TRANSIENT_RETRY)
 builder.add_node("check_eligibility", step(check_eligibility), retry_policy=TRANSIENT_RETRY)
 builder.add_node("request_approval", step(request_approval), retry_policy=TRANSIENT_RETRY)
 builder.add_node("await_approval", step(await_approval))
+builder.add_node("escalate_approval", step(escalate_approval), retry_policy=TRANSIENT_RETRY)
 builder.add_node("issue_refund", step(issue_refund), retry_policy=TRANSIENT_RETRY)
 builder.add_node("sync_crm", step(sync_crm), retry_policy=TRANSIENT_RETRY)
 builder.add_node("notify_customer", step(notify_customer), retry_policy=TRANSIENT_RETRY)
@@ -213,7 +241,8 @@ builder.add_edge(START, "load_order")
 builder.add_edge("load_order", "check_eligibility")
 builder.add_conditional_edges("check_eligibility", after_eligibility, ["issue_refund", "request_approval", "notify_customer"])
 builder.add_edge("request_approval", "await_approval")
-builder.add_conditional_edges("await_approval", after_approval, ["issue_refund", "notify_customer"])
+builder.add_conditional_edges("await_approval", after_approval, ["issue_refund", "notify_customer", "escalate_approval"])
+builder.add_edge("escalate_approval", "await_approval")
 builder.add_conditional_edges("issue_refund", after_refund, ["sync_crm", "notify_customer"])
 builder.add_edge("sync_crm", "notify_customer")
 builder.add_edge("notify_customer", "write_audit")

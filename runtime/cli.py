@@ -80,6 +80,101 @@ def run(
         finish(runner.run(template, raw, thread_id=thread_id), as_json)
 
 
+@app.command()
+def submit(
+    template: Annotated[str, typer.Argument(metavar="TEMPLATE", help="Template name; `durakit templates` lists them.")],
+    input_json: Annotated[str | None, typer.Option("--input", help="The request as a JSON object.")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
+    ] = None,
+    thread_id: Annotated[
+        str | None,
+        typer.Option("--thread-id", help="Id for the new thread. Default: derived from the request's business key, "
+                     "so the same request twice reaches the same thread."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue a thread of TEMPLATE for the workers and return at once with its id.
+
+    A `durakit worker` runs it; answers to its questions (`durakit approve`) are queued
+    for the workers too. The request is checked now: bad input queues nothing.
+
+    Example: durakit submit refund --input '{"order_id": "ORD-1", "amount": "25.00", "reason": "arrived broken"}'
+    """
+    raw = read_input(input_json, input_file)
+    with open_runner() as runner:
+        finish(runner.submit(template, raw, thread_id=thread_id), as_json)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=256, help="Threads advanced at once by this worker.")
+    ] = 4,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus metrics on this port (/metrics)."),
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", min=0.05, max=60, help="Seconds between looks for timers falling due "
+                            "(queued runs and answers wake the worker at once).")
+    ] = 1.0,
+    stalled_after: Annotated[
+        float, typer.Option("--stalled-after", min=1, max=3600, help="Seconds of silence after which another "
+                            "worker's jobs are taken over (workers beat every second).")
+    ] = 5.0,
+    burst: Annotated[
+        bool, typer.Option("--burst", help="Work off the jobs that are ready now (due timers, queued runs, dead "
+                           "runs), then exit: for cron, or a machine without a long-running worker.")
+    ] = False,
+) -> None:
+    """Run queued threads, fire due timers and deadlines, and recover threads whose process died, until stopped.
+
+    Start as many workers on as many machines as you like against one database: each
+    thread is advanced by one of them at a time, and the jobs of a worker that dies are
+    taken over by another. SIGTERM or Ctrl-C stops it cleanly: each run stops at its
+    next step boundary and is queued for another worker. One line is printed per job.
+    """
+    from dataclasses import replace
+
+    from durakit.runner import Runner
+    from durakit.settings import KitSettings
+    from durakit.worker import Worker, describe
+
+    settings = KitSettings.from_env()
+    # Each job in progress holds a connection of each pool at times: size them for it.
+    settings = replace(settings, pool_max_size=max(settings.pool_max_size, concurrency + 1))
+    with Runner.open(settings) as runner:
+        print(f"durakit worker {runner.owner} on {runner.database.display}, concurrency {concurrency}"
+              + (f", metrics on :{metrics_port}/metrics" if metrics_port else ""), flush=True)
+        Worker(
+            runner, concurrency=concurrency, metrics_port=metrics_port, poll_interval=poll_interval,
+            stalled_after=stalled_after, burst=burst, on_job=lambda outcome: print(describe(outcome), flush=True),
+        ).run()
+        print("durakit worker stopped.", flush=True)
+
+
+@app.command()
+def timers(as_json: JsonFlag = False) -> None:
+    """List the timers still to fire, soonest first: reminders, follow-ups and answer deadlines."""
+    from durakit import output
+
+    with open_runner() as runner:
+        scheduled = runner.list_timers()
+    output.print_json({"timers": scheduled}) if as_json else output.show_timers(scheduled)
+
+
+@app.command()
+def stats(as_json: JsonFlag = False) -> None:
+    """Show task completion rate per template and retry rate per node, the queue and the oldest waiting approval."""
+    from durakit import output
+    from durakit.stats import figures
+
+    with open_runner() as runner:
+        found = figures(runner.pool)
+    output.print_json(found) if as_json else output.show_stats(found)
+
+
 def read_input(input_json: str | None, input_file: Path | None) -> str:
     if (input_json is None) == (input_file is None):
         raise InvalidInput("Give the request with exactly one of --input JSON or --input-file PATH.")
@@ -109,15 +204,22 @@ def approve(
     decision: Annotated[str, typer.Option("--decision", help="The answer, one of those the question allows (e.g. approve, reject).")],
     by: Annotated[str | None, typer.Option("--by", help="Who decides (default: your user name).")] = None,
     note: Annotated[str | None, typer.Option("--note", help="A note kept with the decision.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="For a thread started with `submit`: run it on in this process instead of "
+                           "queueing the run for a worker.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Answer the question a waiting thread asks, and run the thread on from there.
+
+    A thread started with `durakit submit` is run on by a worker: the answer is recorded,
+    the run queued, and this returns at once (unless --wait).
 
     Example: durakit approve refund-T-1001 --decision approve --by dana --note "loyal customer"
     """
     with open_runner() as runner:
         by = getpass.getuser() if by is None else by  # an explicit empty --by is refused, not replaced
-        finish(runner.approve(thread_id, decision, by=by, note=note), as_json)
+        finish(runner.approve(thread_id, decision, by=by, note=note, wait=wait), as_json)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from durakit.settings import KitSettings
 
 # Alembic revisions in order; the last is the head this code needs. A test checks it
 # against the migration scripts, so this module never has to import alembic.
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 # LangGraph checkpoint migrations revision 0001 records (PostgresSaver.MIGRATIONS of the
 # pinned langgraph-checkpoint-postgres; a test checks it), so that reading the tables

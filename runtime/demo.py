@@ -28,7 +28,18 @@ def act(title: str) -> None:
 
 def show(view: ThreadView, what: str = "") -> None:
     outcome = (view.result or {}).get("outcome")
+    if sleeping(view):
+        what = f"(sleeps until {view.interrupt['wakes_at']}: {view.interrupt['timer']}) {what}".rstrip()
     console.print(f"  {view.thread_id}: {view.status}" + (f" -> {outcome}" if outcome else "") + (f" {what}" if what else ""))
+
+
+def sleeping(view: ThreadView) -> bool:
+    """Waiting for a timer (a reminder, a follow-up), not for a person: its work is done until then."""
+    return view.status == "waiting" and not (view.interrupt or {}).get("decisions")
+
+
+def done(view: ThreadView) -> bool:
+    return view.status == "completed" or sleeping(view)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,8 +93,13 @@ def booking_story(runner: Runner, run_id: str) -> list[tuple[bool, ThreadView]]:
         return {"customer_id": customer, "customer_email": f"{customer}@example.com", "service": service,
                 "slot": slot_text, "booking_ref": f"{customer}-{run_id}", **extra}
 
-    act(f"Booking 1: {slot_text} is free: held, deposit taken, confirmed, reminder set 48 hours before")
-    show(runner.run("booking", request("bo")))
+    act(f"Booking 1: {slot_text} is free: held, deposit taken, confirmed; it sleeps until 48 hours before")
+    first = runner.run("booking", request("bo"))
+    show(first)
+    console.print("  A `durakit worker` wakes it when the reminder is due; the demo moves the timer to now and fires it:")
+    console.print(f"  runner.move_timer({first.thread_id!r}, 'reminder', now); runner.fire_timer(...)")
+    runner.move_timer(first.thread_id, "reminder", datetime.now(UTC))
+    show(runner.fire_timer(first.thread_id, "reminder"), "(reminder emailed)")
 
     act("Booking 2: the same slot is taken; the customer picks one of the nearest free slots")
     second = runner.run("booking", request("cy"))
@@ -157,7 +173,7 @@ def main() -> None:
             "  A call repeated after a crash carried the same idempotency key, so the outside system\n"
             "  replayed its first answer: every effect was applied exactly once."
         )
-        ok = all(killed and view.status == "completed" for killed, view in crashes)
+        ok = all(killed and done(view) for killed, view in crashes)
         ok = ok and all(effect["applied"] == 1 for _, effect in effects)
     if not ok:
         console.print("\n[red]The demo did not end as expected; see above.[/red]")

@@ -1,7 +1,9 @@
 """The event log: an append-only record of what happened to each thread, for audit and
 metrics. Kinds: run_started, resumed, recovered, reconnected, node_finished, retried,
 model_fallback, interrupted, decided, decision_refused, answer_refused, failed, completed,
-forked (on a fork), forked_to (on its source), pruned.
+forked (on a fork), forked_to (on its source), pruned, timer_fired, woken (the run a fired
+timer started), timer_cancelled (a timer whose thread had moved on), handed_back (a
+stopping worker queued the rest of a run).
 
 With DURAKIT_ENCRYPTION_KEY set, an event's detail (which can quote a note, an error or a
 model's answer) is stored encrypted, bound to its thread, kind and node; the kind and the

@@ -15,6 +15,7 @@ move the lock between clients).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -93,10 +94,16 @@ class ThreadLocks:
                 pass  # a dead session has released its locks already
 
     @contextmanager
-    def hold(self, thread_id: str) -> Iterator[None]:
-        """Hold the thread's lock for the block, or raise ThreadBusy at once."""
-        if not self.try_acquire(thread_id):
-            raise ThreadBusy(f"Thread {thread_id} is being advanced by another process right now; try again later.")
+    def hold(self, thread_id: str, *, wait: float = 0.0) -> Iterator[None]:
+        """Hold the thread's lock for the block, or raise ThreadBusy if it is still taken
+        after `wait` seconds (at once by default)."""
+        deadline = time.monotonic() + wait
+        while not self.try_acquire(thread_id):
+            if time.monotonic() >= deadline:
+                raise ThreadBusy(
+                    f"Thread {thread_id} is being advanced by another process right now; try again later."
+                )
+            time.sleep(0.01)
         try:
             yield
         finally:

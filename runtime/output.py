@@ -45,8 +45,15 @@ def show_thread(view: ThreadView) -> None:
     console.print(status_line(view))
     if view.superseded_by:
         console.print(f"  forked into {view.superseded_by}, which alone goes on", markup=False)
-    if view.interrupt:
+    if view.queued:
+        console.print("  queued for a worker (`durakit worker` runs it)")
+    if view.interrupt and not view.interrupt.get("decisions"):
+        console.print(f"  sleeping at {plain(view.interrupt.get('node'))} until {view.interrupt.get('wakes_at')} "
+                      f"({plain(view.interrupt.get('timer'))}); a worker wakes it")
+    elif view.interrupt:
         console.print(f"  waiting at {plain(view.interrupt.get('node'))} for: {plain(view.interrupt.get('question'))}")
+        if view.interrupt.get("on_deadline"):
+            console.print(f"  deadline {view.interrupt.get('wakes_at')}: then {plain(view.interrupt['on_deadline'])}")
         console.print(f"  answer with: durakit approve {view.thread_id} --decision "
                       f"{plain('|'.join(view.interrupt.get('decisions') or []))} --by NAME")
     if view.result:
@@ -117,12 +124,54 @@ def show_threads(views: list[ThreadView], *, empty: str) -> None:
     for column in ("template", "status", "attempts"):
         table.add_column(column)
     table.add_column("updated (UTC)", no_wrap=True)
+    table.add_column("next wake (UTC)", no_wrap=True)
     table.add_column("waiting for / error", overflow="fold")
     for view in views:
-        status = view.status + (" (stale)" if view.stale else "") + (" (forked)" if view.superseded_by else "")
+        status = view.status + (" (stale)" if view.stale else "") + (" (queued)" if view.queued else "")
+        status += " (forked)" if view.superseded_by else ""
         note = (view.interrupt or {}).get("question") or view.error or ""
-        table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at), plain(note))
+        table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at),
+                      short_time(view.next_wake), plain(note))
     console.print(table)
+
+
+def show_timers(timers: list[dict[str, Any]]) -> None:
+    if not timers:
+        console.print("No timers are scheduled.")
+        return
+    table = Table()
+    table.add_column("due (UTC)", no_wrap=True)
+    table.add_column("thread", no_wrap=True, min_width=max(len(timer["thread_id"]) for timer in timers))
+    for column in ("template", "timer", "node"):
+        table.add_column(column)
+    for timer in timers:
+        due = short_time(timer["due_at"]) + (" (overdue)" if timer["overdue"] else "")
+        table.add_row(due, timer["thread_id"], timer["template"], plain(timer["name"]), timer["node"] or "")
+    console.print(table)
+
+
+def show_stats(figures: dict[str, Any]) -> None:
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    table = Table(title="templates", title_justify="left")
+    for column in ("template", "threads", "completed", "waiting", "running", "failed", "completion rate"):
+        table.add_column(column)
+    for row in figures["templates"]:
+        table.add_row(row["template"], *(str(row[key]) for key in ("threads", "completed", "waiting", "running",
+                                                                    "failed")), percent(row["completion_rate"]))
+    console.print(table)
+    table = Table(title="nodes", title_justify="left")
+    for column in ("template", "node", "finished", "retries", "retry rate"):
+        table.add_column(column)
+    for row in figures["nodes"]:
+        table.add_row(row["template"], row["node"], str(row["finished"]), str(row["retries"]), percent(row["retry_rate"]))
+    console.print(table)
+    queue = figures["queue"]
+    console.print(f"queue: {queue['ready']} ready, {queue['scheduled']} scheduled (timers), {queue['running']} running")
+    oldest = figures["oldest_waiting_approval_seconds"]
+    waiting = figures["waiting_for_a_person"]
+    console.print(f"waiting for a person: {waiting}" + (f", the oldest for {oldest / 3600:.1f} h" if oldest else ""))
 
 
 def show_prune(report: PruneReport) -> None:

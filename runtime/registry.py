@@ -17,8 +17,19 @@ import psycopg
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
+from durakit import timers
 from durakit.encryption import open_json, open_text, seal_json, seal_text
 from durakit.lease import LEASE_HELD_SQL
+
+# A run of the thread waits in the job queue for a worker (`durakit.jobs`).
+QUEUED_SQL = """EXISTS (
+    SELECT 1 FROM procrastinate_jobs j WHERE j.queueing_lock = {thread_id} AND j.status = 'todo'
+)"""
+# A worker has taken a run of the thread (and holds its lock, or will in a moment, or
+# died and has its job handed back once its heartbeat is missed).
+TAKEN_SQL = """EXISTS (
+    SELECT 1 FROM procrastinate_jobs j WHERE j.lock = {thread_id} AND j.status = 'doing'
+)"""
 
 THREAD_COLUMNS = f"""
     t.thread_id, t.template, t.status, t.request, t.business_key, t.superseded_by, t.result, t.interrupt, t.attempts,
@@ -26,7 +37,11 @@ THREAD_COLUMNS = f"""
     to_char(t.leased_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS leased_at,
     to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at,
     to_char(t.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS updated_at,
-    {LEASE_HELD_SQL.format(thread_id="t.thread_id")} AS lease_held
+    {LEASE_HELD_SQL.format(thread_id="t.thread_id")} AS lease_held,
+    t.worker_managed, t.waiting_for,
+    (SELECT to_char(min(tm.due_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') FROM durakit_timers tm
+     WHERE tm.thread_id = t.thread_id AND tm.status = 'scheduled') AS next_wake,
+    {QUEUED_SQL.format(thread_id="t.thread_id")} AS queued
 """
 
 GET_SQL = f"SELECT {THREAD_COLUMNS} FROM durakit_threads t WHERE t.thread_id = %s"
@@ -35,20 +50,24 @@ LIST_SQL = f"""
 SELECT {THREAD_COLUMNS} FROM durakit_threads t
 WHERE (%(status)s::text IS NULL OR t.status = %(status)s)
   AND (%(template)s::text IS NULL OR t.template = %(template)s)
+  AND (%(waiting_for)s::text IS NULL OR t.waiting_for = %(waiting_for)s)
 ORDER BY t.updated_at DESC, t.thread_id
 LIMIT %(limit)s
 """
 
-# Running threads whose process is gone: nobody holds their lock.
+# Running threads whose process is gone: nobody holds their lock, and no worker has
+# (or is about to take) a run of them.
 ORPHANS_SQL = f"""
 SELECT t.thread_id FROM durakit_threads t
 WHERE t.status = 'running' AND t.superseded_by IS NULL AND NOT {LEASE_HELD_SQL.format(thread_id="t.thread_id")}
+  AND NOT {QUEUED_SQL.format(thread_id="t.thread_id")} AND NOT {TAKEN_SQL.format(thread_id="t.thread_id")}
 ORDER BY t.updated_at
+LIMIT %s
 """
 
 CREATE_SQL = """
-INSERT INTO durakit_threads (thread_id, template, status, request, business_key)
-VALUES (%s, %s, 'running', %s, %s)
+INSERT INTO durakit_threads (thread_id, template, status, request, business_key, worker_managed)
+VALUES (%s, %s, 'running', %s, %s, %s)
 ON CONFLICT (thread_id) DO NOTHING
 """
 
@@ -62,7 +81,7 @@ MARK_RUNNING_SQL = "UPDATE durakit_threads SET status = 'running', updated_at = 
 
 SETTLE_SQL = """
 UPDATE durakit_threads
-SET status = %(status)s, result = %(result)s, interrupt = %(interrupt)s,
+SET status = %(status)s, result = %(result)s, interrupt = %(interrupt)s, waiting_for = %(waiting_for)s,
     last_error = %(error)s, error_node = %(error_node)s, updated_at = now()
 WHERE thread_id = %(thread_id)s
 """
@@ -114,20 +133,34 @@ def get(conn: Connection, thread_id: str) -> dict[str, Any] | None:
 
 
 def list_threads(
-    conn: Connection, *, status: str | None = None, template: str | None = None, limit: int = 1000
+    conn: Connection,
+    *,
+    status: str | None = None,
+    template: str | None = None,
+    waiting_for: str | None = None,
+    limit: int = 1000,
 ) -> list[dict[str, Any]]:
-    rows = conn.execute(LIST_SQL, {"status": status, "template": template, "limit": limit}).fetchall()
+    params = {"status": status, "template": template, "waiting_for": waiting_for, "limit": limit}
+    rows = conn.execute(LIST_SQL, params).fetchall()
     return [_open_thread(row) for row in rows]
 
 
-def orphans(conn: Connection) -> list[str]:
-    return [row["thread_id"] for row in conn.execute(ORPHANS_SQL).fetchall()]
+def orphans(conn: Connection, limit: int = 10_000) -> list[str]:
+    return [row["thread_id"] for row in conn.execute(ORPHANS_SQL, (limit,)).fetchall()]
 
 
-def create(conn: Connection, thread_id: str, template: str, request: dict[str, Any], business_key: str) -> bool:
+def create(
+    conn: Connection,
+    thread_id: str,
+    template: str,
+    request: dict[str, Any],
+    business_key: str,
+    *,
+    worker_managed: bool = False,
+) -> bool:
     """Register a new thread; False if the id is taken."""
     stored = Jsonb(seal_json(request, "durakit_threads.request", thread_id))
-    return conn.execute(CREATE_SQL, (thread_id, template, stored, business_key)).rowcount == 1
+    return conn.execute(CREATE_SQL, (thread_id, template, stored, business_key, worker_managed)).rowcount == 1
 
 
 def start(conn: Connection, thread_id: str, owner: str) -> None:
@@ -153,6 +186,7 @@ def settle(
             "interrupt": (
                 Jsonb(seal_json(interrupt, "durakit_threads.interrupt", thread_id)) if interrupt is not None else None
             ),
+            "waiting_for": None if interrupt is None else ("person" if interrupt.get("decisions") else "timer"),
             "error": seal_text(error, "durakit_threads.last_error", thread_id),
             "error_node": error_node,
         },
@@ -215,8 +249,7 @@ def decisions(conn: Connection, thread_id: str) -> list[dict[str, Any]]:
 def supersede(conn: Connection, thread_id: str, fork_thread_id: str) -> None:
     """Mark a forked thread as replaced by its fork, and cancel its pending timers."""
     conn.execute("UPDATE durakit_threads SET superseded_by = %s WHERE thread_id = %s", (fork_thread_id, thread_id))
-    conn.execute("UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND status = 'scheduled'",
-                 (thread_id,))
+    timers.cancel_all(conn, thread_id)
 
 
 def has_checkpoints(conn: Connection, thread_id: str) -> bool:

@@ -19,17 +19,18 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import ValidationError
 
-from durakit import db, encryption, events, faults, ledger, registry, timers
+from durakit import db, encryption, events, faults, jobs, ledger, metrics, registry, timers
 from durakit.adapters.sandbox import Sandbox
 from durakit.checkpointers import open_pool
 from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidInput, NotFound
@@ -47,6 +48,7 @@ from durakit.timers import Timers, thread_timers
 # and needs neither, so those commands start in a fraction of the time.
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
+    from langgraph.runtime import RunControl
     from langgraph.types import Command, StateSnapshot
     from pydantic_settings import BaseSettings
 
@@ -85,6 +87,9 @@ class ThreadView:
     error_node: str | None = None
     attempts: int = 0
     stale: bool = False  # `running`, but its process is gone: `durakit recover` resumes it
+    queued: bool = False  # a run of it waits in the queue for a worker
+    worker_managed: bool = False  # started with `durakit submit`: workers advance it
+    next_wake: str | None = None  # when its next timer fires (a reminder, a deadline)
     lease_owner: str | None = None
     superseded_by: str | None = None  # forked into this thread, which alone goes on
     created_at: str | None = None
@@ -104,7 +109,11 @@ class ThreadView:
             error=row["last_error"] if row["status"] == "failed" else None,
             error_node=row["error_node"] if row["status"] == "failed" else None,
             attempts=row["attempts"],
-            stale=row["status"] == "running" and not row["lease_held"] and not row["superseded_by"],
+            stale=row["status"] == "running" and not row["lease_held"] and not row["superseded_by"]
+            and not row["queued"],
+            queued=row["queued"],
+            worker_managed=row["worker_managed"],
+            next_wake=row["next_wake"],
             lease_owner=row["lease_owner"],
             superseded_by=row["superseded_by"],
             created_at=row["created_at"],
@@ -234,6 +243,9 @@ class Runner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.db_retry_seconds = kit_settings.db_retry_seconds
         self._graphs: dict[str, CompiledStateGraph] = {}
+        self._controls: set[RunControl] = set()  # the runs in progress, for `drain`
+        self._controls_mutex = threading.Lock()
+        self._drain_reason: str | None = None
 
     @property
     def saver(self) -> DurakitSaver:
@@ -280,28 +292,57 @@ class Runner:
     def run(
         self, template_name: str, request: str | Mapping[str, Any], *, thread_id: str | None = None
     ) -> ThreadView:
-        """Start a thread for `request`; the same request again reaches the same thread."""
+        """Start a thread for `request` and run it in this process until it finishes or
+        waits; the same request again reaches the same thread."""
         template = get_template(template_name)
         parsed = parse_request(template, request)
         settings = self._settings(template)
         thread_id = check_thread_id(template.thread_id_for(parsed) if thread_id is None else thread_id)
-        stored = parsed.model_dump(mode="json")
         with self.locks.hold(thread_id):
-            with self.pool.connection() as conn:
-                created = registry.create(conn, thread_id, template.name, stored, parsed.business_key())
-                existing = None if created else registry.get(conn, thread_id)
+            existing = self._register(template, parsed, thread_id, queue=False)
             if existing is not None:
-                same = existing["template"] == template.name and (
-                    template.request_model.model_validate(existing["request"], context={"stored": True}) == parsed
-                )
-                if not same:
-                    raise Conflict(
-                        f"Thread {thread_id} already exists for a different request; "
-                        "pass another --thread-id (or a ticket_id) to start a new one."
-                    )
-                return ThreadView.from_row(existing)
+                return existing
             faults.maybe_kill("__start__", "before")  # registered, no checkpoint yet
             return self._advance(template, thread_id, template.initial_state(parsed), "run_started", settings)
+
+    def submit(
+        self, template_name: str, request: str | Mapping[str, Any], *, thread_id: str | None = None
+    ) -> ThreadView:
+        """Start a thread for `request` and queue its run for the workers (`durakit
+        worker`); returns at once. The thread is worker-managed: answers to it are queued
+        for the workers too. The same request again reaches the same thread."""
+        template = get_template(template_name)
+        parsed = parse_request(template, request)
+        self._settings(template)  # refuse broken settings before anything is queued
+        thread_id = check_thread_id(template.thread_id_for(parsed) if thread_id is None else thread_id)
+        existing = self._register(template, parsed, thread_id, queue=True)
+        return existing or ThreadView.from_row(self._row(thread_id))
+
+    def _register(
+        self, template: Template, parsed: TemplateRequest, thread_id: str, *, queue: bool
+    ) -> ThreadView | None:
+        """Register a new thread (and with `queue`, its first job); None if it was new,
+        else the existing thread, which must be for the same request."""
+        stored = parsed.model_dump(mode="json")
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                created = registry.create(
+                    conn, thread_id, template.name, stored, parsed.business_key(), worker_managed=queue
+                )
+                if created and queue:
+                    jobs.defer_advance(conn, thread_id, "run_started")
+            existing = None if created else registry.get(conn, thread_id)
+        if existing is None:
+            return None
+        same = existing["template"] == template.name and (
+            template.request_model.model_validate(existing["request"], context={"stored": True}) == parsed
+        )
+        if not same:
+            raise Conflict(
+                f"Thread {thread_id} already exists for a different request; "
+                "pass another --thread-id (or a ticket_id) to start a new one."
+            )
+        return ThreadView.from_row(existing)
 
     def resume(self, thread_id: str) -> ThreadView:
         """Continue a thread that failed or whose process died, from its last checkpoint."""
@@ -319,8 +360,12 @@ class Runner:
                 )
             return self._continue(row, "resumed")
 
-    def approve(self, thread_id: str, decision: str, *, by: str, note: str | None = None) -> ThreadView:
-        """Answer the question a waiting thread asks, and run it on from there."""
+    def approve(
+        self, thread_id: str, decision: str, *, by: str, note: str | None = None, wait: bool = False
+    ) -> ThreadView:
+        """Answer the question a waiting thread asks, and run it on from there: in this
+        process, or for a worker-managed thread (`submit`) by queueing the run for the
+        workers and returning at once, unless `wait` asks to run it here."""
         from langgraph.types import Command
 
         check_thread_id(thread_id)
@@ -332,6 +377,11 @@ class Runner:
                 raise Conflict(f"Thread {thread_id} is {row['status']}, not waiting for a decision.")
             interrupt = row["interrupt"]
             allowed = interrupt.get("decisions") or []
+            if not allowed and interrupt.get("timer"):
+                raise Conflict(
+                    f"Thread {thread_id} is not waiting for a decision: it sleeps until {interrupt.get('wakes_at')} "
+                    f"({interrupt['timer']}), and a worker wakes it then."
+                )
             if decision not in allowed:
                 raise InvalidInput(
                     f"{decision!r} is not an answer to this question; choose one of: {', '.join(allowed)}."
@@ -343,18 +393,23 @@ class Runner:
                 raise Conflict(f"The question thread {thread_id} asked has been answered already.")
             answer = check_answer(template, interrupt.get("node"), {"decision": decision, "by": by, "note": note})
             authorized_as = self._authorize(template, thread_id, interrupt, answer)
+            queue = row["worker_managed"] and not wait
             with self.pool.connection() as conn:
                 with conn.transaction():
                     recorded = registry.record_decision(conn, thread_id, interrupt, answer, authorized_as)
                     if recorded:
                         events.insert(conn, thread_id, "decided", interrupt.get("node"),
                                       decision=answer["decision"], by=answer["by"], note=answer["note"])
+                        if queue:
+                            jobs.defer_advance(conn, thread_id, "resumed")
                 if not recorded:
                     earlier = registry.who_decided(conn, thread_id, interrupt["id"]) or {}
                     raise Conflict(
                         f"Thread {thread_id}'s question was answered already by {earlier.get('decided_by')} "
                         f"at {earlier.get('decided_at')}."
                     )
+            if queue:
+                return ThreadView.from_row(self._row(thread_id))  # running, and queued for a worker
             return self._advance(template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", settings)
 
     def _authorize(
@@ -377,6 +432,69 @@ class Runner:
                 reason=str(exc),
             )
             raise
+
+    # What workers do (`durakit.worker`)
+
+    def work(self, thread_id: str, kind: str, *, lock_wait: float = 2.0) -> ThreadView | None:
+        """Run a `running` thread on from its checkpoint (a queued run or answer, a run
+        whose process died); None if there is nothing to run. Waits up to `lock_wait`
+        seconds for a process that still holds the thread (an `approve` that queued this
+        run lets go of it a moment later), then raises ThreadBusy."""
+        row = self._row(check_thread_id(thread_id))
+        if row["superseded_by"] or row["status"] != "running":
+            return None
+        with self.locks.hold(thread_id, wait=lock_wait):
+            row = self._row(thread_id)
+            if row["superseded_by"] or row["status"] != "running":
+                return None  # another process ran it meanwhile
+            return self._continue(row, kind)
+
+    def fire_timer(self, thread_id: str, name: str, *, lock_wait: float = 2.0) -> ThreadView | None:
+        """Fire the thread's timer `name` if it is due, and run the thread on from there;
+        None if there is nothing to fire (not due yet, cancelled or fired already, or the
+        thread no longer waits for it, say because a person answered before the deadline)."""
+        with self.locks.hold(check_thread_id(thread_id), wait=lock_wait):
+            row = self._row(thread_id)
+            with self.pool.connection() as conn, conn.transaction():
+                timer = timers.get(conn, thread_id, name)
+                if timer is None or timer["status"] != "scheduled" or not timer["due"]:
+                    return None  # gone, fired, or moved later (its job was moved with it)
+                interrupt = row["interrupt"] if row["status"] == "waiting" else None
+                if row["superseded_by"] or interrupt is None or interrupt.get("timer") != name:
+                    timers.cancel(conn, thread_id, name)
+                    events.insert(conn, thread_id, "timer_cancelled", timer["node"], timer=name)
+                    return None
+                answer = (timer["payload"] or {}).get("answer") or {
+                    "decision": "wake", "by": timers.TIMER, "note": None, "timer": name, "due_at": timer["due_at"],
+                    "fired_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+                registry.record_decision(conn, thread_id, interrupt, answer, ["timer"])
+                timers.mark_fired(conn, thread_id, name)
+                events.insert(conn, thread_id, "timer_fired", timer["node"], timer=name, due_at=timer["due_at"],
+                              decision=answer["decision"])
+            return self._continue(self._row(thread_id), "woken")
+
+    def move_timer(self, thread_id: str, name: str, due_at: datetime) -> None:
+        """Move a scheduled timer (and the job that fires it) to `due_at`: to fire a
+        reminder early, or to put a deadline off."""
+        if due_at.tzinfo is None:
+            raise InvalidInput("Give the new due time with its time zone (for example 2026-12-01T09:00:00+00:00).")
+        with self.pool.connection() as conn, conn.transaction():
+            if not timers.move(conn, check_thread_id(thread_id), name, due_at):
+                raise NotFound(f"Thread {thread_id} has no scheduled timer {name!r}; `durakit timers` lists them.")
+
+    def list_timers(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every timer still to fire, soonest first."""
+        return timers.scheduled(self.pool, limit)
+
+    def drain(self, reason: str = "shutdown") -> None:
+        """Stop every run of this process at its next step boundary (the step's checkpoint
+        saved) and queue the rest of each thread for another worker; runs asked for after
+        this stop before their first step."""
+        with self._controls_mutex:
+            self._drain_reason = reason
+            for control in self._controls:
+                control.request_drain(reason)
 
     def recover(self) -> RecoveryReport:
         """Resume every `running` thread whose process died (nobody holds its lock)."""
@@ -434,7 +552,10 @@ class Runner:
                 with self.pool.connection() as conn, conn.transaction():
                     if not registry.has_checkpoints(conn, thread_id):
                         raise NotFound(f"Thread {thread_id} has no checkpoints to fork from (pruned, or never started).")
-                    created = registry.create(conn, to, template.name, source["request"], source["business_key"])
+                    created = registry.create(
+                        conn, to, template.name, source["request"], source["business_key"],
+                        worker_managed=source["worker_managed"],
+                    )
                     if not created or registry.has_checkpoints(conn, to):
                         raise Conflict(f"Thread {to} already exists; fork into a new thread id.")
                     with conn.cursor() as cur:
@@ -512,8 +633,10 @@ class Runner:
             return [ThreadView.from_row(row) for row in registry.list_threads(conn, status=status, template=template)]
 
     def pending(self) -> list[ThreadView]:
-        """Threads waiting for a person, with the question each one asks."""
-        return self.threads(status="waiting")
+        """Threads waiting for a person, with the question each one asks (not those that
+        only sleep until a timer)."""
+        with self.pool.connection() as conn:
+            return [ThreadView.from_row(row) for row in registry.list_threads(conn, status="waiting", waiting_for="person")]
 
     # Internals
 
@@ -641,12 +764,14 @@ class Runner:
     def _run_graph(
         self, template: Template, thread_id: str, graph_input: Any, kind: str, settings: BaseSettings
     ) -> ThreadView:
-        from langgraph.errors import is_invalid_resume
+        from langgraph.errors import GraphDrained, is_invalid_resume
+        from langgraph.runtime import RunControl
         from langgraph.types import Command
 
         with self.pool.connection() as conn, conn.transaction():
             registry.start(conn, thread_id, self.owner)
             events.insert(conn, thread_id, kind)
+        metrics.run_started(template.name)
         graph = self._graph(template)
         config = self._config(thread_id)
 
@@ -668,20 +793,35 @@ class Runner:
             ticketing=self.adapters.ticketing,
             judgement=self.judgement,
         )
+        control = RunControl()
+        with self._controls_mutex:
+            if self._drain_reason is not None:
+                control.request_drain(self._drain_reason)
+            self._controls.add(control)
         try:
             for update in graph.stream(
-                graph_input, config, context=context, stream_mode="updates", durability="sync"
+                graph_input, config, context=context, stream_mode="updates", durability="sync", control=control
             ):
                 for node in update:
                     if node != "__interrupt__":
                         self.events.record(thread_id, "node_finished", node)
+        except GraphDrained as drained:
+            with self.pool.connection() as conn, conn.transaction():
+                events.insert(conn, thread_id, "handed_back", reason=drained.reason)
+                jobs.defer_advance(conn, thread_id, "handed_back")
+            return ThreadView.from_row(self._row(thread_id))  # running, and queued for another worker
         except Exception as exc:
             if is_connection_lost(exc):
                 raise  # the caller reconnects; another process may own the thread by now
             if is_invalid_resume(exc) and isinstance(graph_input, Command):
                 return self._withdraw_answers(template, thread_id, graph_input, exc)
             return self._fail(template, thread_id, exc)
-        return self._settle(template, thread_id, graph.get_state(config))
+        finally:
+            with self._controls_mutex:
+                self._controls.discard(control)
+        view = self._settle(template, thread_id, graph.get_state(config))
+        metrics.run_ended(template.name, view.status)
+        return view
 
     def _withdraw_answers(self, template: Template, thread_id: str, command: Command, exc: Exception) -> ThreadView:
         """The node refused a recorded answer (its model changed since): forget the answer,
@@ -700,7 +840,10 @@ class Runner:
                 node = next((task.name for task in snapshot.tasks if task.interrupts), None)
                 value = pending.value if isinstance(pending.value, dict) else {"question": str(pending.value)}
                 interrupt = {"id": pending.id, "node": node, **value, "answer_schema": pending.response_schema}
-                registry.settle(conn, thread_id, "waiting", interrupt=interrupt)
+                # A thread that only sleeps (until a reminder, a follow-up) has done its business:
+                # its result so far is shown while it waits.
+                result = None if interrupt.get("decisions") else template.summarize(snapshot.values)
+                registry.settle(conn, thread_id, "waiting", interrupt=interrupt, result=result)
                 events.insert(conn, thread_id, "interrupted", node, interrupt_id=pending.id)
             elif not is_finished(snapshot):
                 failed = next((task for task in snapshot.tasks if task.error), None)
@@ -723,6 +866,7 @@ class Runner:
         with self.pool.connection() as conn, conn.transaction():
             registry.settle(conn, thread_id, "failed", error=error, error_node=node)
             events.insert(conn, thread_id, "failed", node, error=error)
+        metrics.run_ended(template.name, "failed")
         return ThreadView.from_row(self._row(thread_id))
 
 

@@ -4,22 +4,29 @@
   and each retry is written to the event log.
 - `TRANSIENT_RETRY` is the retry policy for nodes that talk to the outside world:
   exponential backoff with jitter, on the errors `is_transient` names, and on no others.
-- `ask_human(...)` pauses the thread until a person answers it with `durakit approve`.
+- `ask_human(...)` pauses the thread until a person answers it with `durakit approve`,
+  or until its deadline passes, whichever comes first.
+- `sleep_until(...)` pauses the thread until a time; a worker wakes it.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from langgraph.runtime import Runtime
+from langgraph.config import get_config
+from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import RetryPolicy, interrupt
 from pydantic import BaseModel
 
-from durakit import db, faults
+from durakit import db, faults, metrics
 from durakit.adapters import TransientAdapterError
+from durakit.timers import TIMER
 
 # The one place that says which failures are worth retrying. Anything else is fatal:
 # the thread stops as `failed` and is resumed after the cause is fixed. A lost database
@@ -76,7 +83,12 @@ def step(fn: NodeFn) -> NodeFn:
         attempt = runtime.execution_info.node_attempt
         if attempt > 1:
             runtime.context.events.record(runtime.context.thread_id, "retried", name, attempt=attempt)
-        update = fn(state, runtime)
+            metrics.step_retried(name)
+        started = time.perf_counter()
+        try:
+            update = fn(state, runtime)
+        finally:
+            metrics.step_finished(name, time.perf_counter() - started)
         faults.maybe_kill(name, "after")
         return update
 
@@ -86,13 +98,64 @@ def step(fn: NodeFn) -> NodeFn:
     return node
 
 
-def ask_human(question: str, decisions: Sequence[str], answer: type[AnswerT], **details: Any) -> AnswerT:
+@dataclass(frozen=True)
+class Deadline:
+    """Until when a person may answer, and the answer the node gets if nobody does.
+
+    `timer` names the timer, unique within the thread (a question asked again, such as a
+    second round of approval, needs a name of its own). `decision` must be one the answer
+    model accepts; it need not be among those offered to people."""
+
+    timer: str
+    at: datetime
+    decision: str
+    note: str | None = None
+
+
+def current_node() -> str:
+    return get_config()["metadata"]["langgraph_node"]
+
+
+def ask_human(
+    question: str, decisions: Sequence[str], answer: type[AnswerT], *, deadline: Deadline | None = None, **details: Any
+) -> AnswerT:
     """Wait for a person's answer and return it, validated as `answer`.
 
     The first time, this stops the run: the thread becomes `waiting`, and `durakit
     pending` shows `question` with the allowed `decisions` and `details` (JSON values).
     When someone answers, the node runs again from its first line and this returns the
     answer. So nothing before this call in the same node may change the outside world.
+
+    With a `deadline`, a worker answers `deadline.decision` (by "durakit:timer") if
+    nobody has answered when it passes; an answer given before cancels the timer.
     """
-    payload = {"question": question, "decisions": list(decisions), **details}
-    return interrupt(payload, response_schema=answer)
+    payload: dict[str, Any] = {"question": question, "decisions": list(decisions), **details}
+    timers = get_runtime().context.timers if deadline else None
+    if deadline is not None:
+        timer = timers.schedule(
+            deadline.timer, deadline.at, node=current_node(),
+            answer={"decision": deadline.decision, "by": TIMER, "note": deadline.note},
+        )
+        payload |= {"timer": deadline.timer, "wakes_at": timer["due_at"], "on_deadline": deadline.decision}
+    given = interrupt(payload, response_schema=answer)
+    if deadline is not None:
+        timers.cancel(deadline.timer)  # answered in time (a no-op if the deadline's own answer)
+    return given
+
+
+def sleep_until(name: str, until: datetime, **details: Any) -> dict[str, Any]:
+    """Pause the thread until `until`, then return the timer as it fired.
+
+    Schedules the timer `name` (once: a node that runs again keeps the first due time)
+    and stops the run; the thread is `waiting`, with nothing to answer, until a worker
+    fires the timer and runs the node again from its first line. Nothing before this
+    call in the same node may change the outside world.
+    """
+    timer = get_runtime().context.timers.schedule(name, until, node=current_node())
+    return interrupt({
+        "question": f"Sleeping until {timer['due_at']} ({name})",
+        "decisions": [],
+        "timer": name,
+        "wakes_at": timer["due_at"],
+        **details,
+    })

@@ -1,9 +1,15 @@
-"""Durable timers: rows saying when a thread wants to be woken (a reminder, a follow-up).
+"""Durable timers: rows saying when a thread wants to be woken (a reminder, a follow-up,
+an approval deadline), each with the job that wakes it.
 
-Templates record them; firing them is the worker's job (a later step). Scheduling is
-idempotent per (thread, name), so a step that runs again after a crash records nothing new.
-With DURAKIT_ENCRYPTION_KEY set, a timer's payload (it can name a customer's email) is stored
-encrypted, bound to its (thread, name); whoever fires timers reads it with `open_payload`.
+A node schedules a timer and then pauses (`durakit.steps.sleep_until`, or `ask_human`
+with a deadline). Scheduling writes the timer row and a procrastinate job due at the same
+time, in one transaction, and is idempotent per (thread, name): a node that runs again
+(after a crash, or when it is answered) records nothing new and keeps the first due time.
+A worker runs the job when it is due (`Runner.fire_timer`). Cancelling a timer cancels
+its job; a job whose timer was cancelled meanwhile finds nothing to do.
+
+With DURAKIT_ENCRYPTION_KEY set, a timer's payload (it can name a customer's email) is
+stored encrypted, bound to its (thread, name); `open_payload` reads it back.
 """
 
 from __future__ import annotations
@@ -15,25 +21,43 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from durakit import jobs
 from durakit.encryption import open_json, seal_json
 
-# Returns the timer as stored: a step that runs again keeps the first due time.
-SCHEDULE_SQL = """
-WITH inserted AS (
-    INSERT INTO durakit_timers (thread_id, name, due_at, payload) VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s)
-    ON CONFLICT (thread_id, name) DO NOTHING
-    RETURNING due_at
-)
-SELECT to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS due_at FROM inserted
-UNION ALL
-SELECT to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') FROM durakit_timers
-WHERE thread_id = %(thread_id)s AND name = %(name)s
-LIMIT 1
+# Who answers for a timer, in the decisions table and in the answers nodes receive.
+TIMER = "durakit:timer"
+
+UTC_TEXT = """to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+
+INSERT_SQL = """
+INSERT INTO durakit_timers (thread_id, name, due_at, payload, node) VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(node)s)
+ON CONFLICT (thread_id, name) DO NOTHING
 """
-CANCEL_SQL = "UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND name = %s AND status = 'scheduled'"
-THREAD_TIMERS_SQL = """
-SELECT name, to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS due_at, status, payload
+SET_JOB_SQL = "UPDATE durakit_timers SET job_id = %s WHERE thread_id = %s AND name = %s"
+GET_SQL = f"""
+SELECT name, node, {UTC_TEXT.format(column="due_at")} AS due_at, due_at <= now() AS due, status, payload, job_id,
+       {UTC_TEXT.format(column="fired_at")} AS fired_at
+FROM durakit_timers WHERE thread_id = %s AND name = %s
+"""
+CANCEL_SQL = """
+UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND name = %s AND status = 'scheduled'
+RETURNING job_id
+"""
+CANCEL_ALL_SQL = "UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND status = 'scheduled' RETURNING job_id"
+FIRED_SQL = "UPDATE durakit_timers SET status = 'fired', fired_at = now() WHERE thread_id = %s AND name = %s"
+MOVE_SQL = "UPDATE durakit_timers SET due_at = %s WHERE thread_id = %s AND name = %s AND status = 'scheduled' RETURNING job_id"
+THREAD_TIMERS_SQL = f"""
+SELECT name, node, {UTC_TEXT.format(column="due_at")} AS due_at, status, payload, {UTC_TEXT.format(column="fired_at")} AS fired_at
 FROM durakit_timers WHERE thread_id = %s ORDER BY due_at, name
+"""
+# Every timer still to fire, soonest first (`durakit timers`).
+SCHEDULED_SQL = f"""
+SELECT t.thread_id, t.name, t.node, {UTC_TEXT.format(column="t.due_at")} AS due_at, th.template,
+       t.due_at <= now() AS overdue
+FROM durakit_timers t JOIN durakit_threads th USING (thread_id)
+WHERE t.status = 'scheduled'
+ORDER BY t.due_at, t.thread_id, t.name
+LIMIT %s
 """
 
 
@@ -44,19 +68,59 @@ class Timers:
         self.pool = pool
         self.thread_id = thread_id
 
-    def schedule(self, name: str, due_at: datetime, **payload: Any) -> dict[str, Any]:
-        """Record the timer once; returns it as stored (name and due_at, ISO 8601 UTC)."""
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                SCHEDULE_SQL,
-                {"thread_id": self.thread_id, "name": name, "due_at": due_at,
-                 "payload": Jsonb(seal_json(payload, "durakit_timers.payload", self.thread_id, name))},
-            ).fetchone()
+    def schedule(self, name: str, due_at: datetime, *, node: str | None = None, **payload: Any) -> dict[str, Any]:
+        """Record the timer and the job that fires it, once; returns the timer as stored
+        (name and due_at, ISO 8601 UTC)."""
+        with self.pool.connection() as conn, conn.transaction():
+            sealed = Jsonb(seal_json(payload, "durakit_timers.payload", self.thread_id, name))
+            inserted = conn.execute(
+                INSERT_SQL,
+                {"thread_id": self.thread_id, "name": name, "due_at": due_at, "payload": sealed, "node": node},
+            ).rowcount
+            if inserted:
+                job_id = jobs.defer_timer(conn, self.thread_id, name, due_at)
+                conn.execute(SET_JOB_SQL, (job_id, self.thread_id, name))
+            row = conn.execute(GET_SQL, (self.thread_id, name)).fetchone()
         return {"name": name, "due_at": row["due_at"]}
 
-    def cancel(self, name: str) -> None:
-        with self.pool.connection() as conn:
-            conn.execute(CANCEL_SQL, (self.thread_id, name))
+    def cancel(self, name: str) -> bool:
+        """Cancel the timer if it has not fired; True if it was still scheduled."""
+        with self.pool.connection() as conn, conn.transaction():
+            return cancel(conn, self.thread_id, name)
+
+
+def cancel(conn: Connection, thread_id: str, name: str) -> bool:
+    row = conn.execute(CANCEL_SQL, (thread_id, name)).fetchone()
+    if row and row["job_id"] is not None:
+        jobs.cancel(conn, row["job_id"])
+    return row is not None
+
+
+def cancel_all(conn: Connection, thread_id: str) -> None:
+    for row in conn.execute(CANCEL_ALL_SQL, (thread_id,)).fetchall():
+        if row["job_id"] is not None:
+            jobs.cancel(conn, row["job_id"])
+
+
+def get(conn: Connection, thread_id: str, name: str) -> dict[str, Any] | None:
+    row = conn.execute(GET_SQL, (thread_id, name)).fetchone()
+    if row is not None:
+        row["payload"] = open_payload(row["payload"], thread_id, name)
+    return row
+
+
+def mark_fired(conn: Connection, thread_id: str, name: str) -> None:
+    conn.execute(FIRED_SQL, (thread_id, name))
+
+
+def move(conn: Connection, thread_id: str, name: str, due_at: datetime) -> bool:
+    """Move a scheduled timer, and its job, to `due_at`; False if it is not scheduled."""
+    row = conn.execute(MOVE_SQL, (due_at, thread_id, name)).fetchone()
+    if row is None:
+        return False
+    if row["job_id"] is not None:
+        jobs.reschedule(conn, row["job_id"], due_at)
+    return True
 
 
 def open_payload(stored: Any, thread_id: str, name: str) -> Any:
@@ -65,21 +129,25 @@ def open_payload(stored: Any, thread_id: str, name: str) -> Any:
 
 
 INHERIT_SQL = """
-INSERT INTO durakit_timers (thread_id, name, due_at, payload, status, created_at)
-VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(status)s, %(created_at)s)
+INSERT INTO durakit_timers (thread_id, name, due_at, payload, status, created_at, node, fired_at)
+VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(status)s, %(created_at)s, %(node)s, %(fired_at)s)
 """
 
 
 def inherit(conn: Connection, source_thread_id: str, fork_thread_id: str) -> int:
-    """Give a fork its source's timers, inside the caller's transaction."""
+    """Give a fork its source's timers, inside the caller's transaction; the fork's
+    scheduled timers get jobs of their own."""
     rows = conn.execute(
-        "SELECT name, due_at, payload, status, created_at FROM durakit_timers WHERE thread_id = %s",
+        "SELECT name, due_at, payload, status, created_at, node, fired_at FROM durakit_timers WHERE thread_id = %s",
         (source_thread_id,),
     ).fetchall()
     for row in rows:
         payload = open_payload(row["payload"], source_thread_id, row["name"])
         sealed = Jsonb(seal_json(payload, "durakit_timers.payload", fork_thread_id, row["name"]))
         conn.execute(INHERIT_SQL, {**row, "thread_id": fork_thread_id, "payload": sealed})
+        if row["status"] == "scheduled":
+            job_id = jobs.defer_timer(conn, fork_thread_id, row["name"], row["due_at"])
+            conn.execute(SET_JOB_SQL, (job_id, fork_thread_id, row["name"]))
     return len(rows)
 
 
@@ -89,3 +157,9 @@ def thread_timers(pool: ConnectionPool, thread_id: str) -> list[dict[str, Any]]:
     for row in rows:
         row["payload"] = open_payload(row["payload"], thread_id, row["name"])
     return rows
+
+
+def scheduled(pool: ConnectionPool, limit: int = 1000) -> list[dict[str, Any]]:
+    """Timers still to fire, soonest first, with their thread's template."""
+    with pool.connection() as conn:
+        return conn.execute(SCHEDULED_SQL, (limit,)).fetchall()

@@ -20,6 +20,9 @@ class CancellationSettings(BaseSettings):
     """Offers worth more than this (discount times months) need a supervisor's approval."""
     supervisors_inbox: str = "retention-supervisors@example.com"
     follow_up_days: int = Field(30, ge=1)
+    """The thread sleeps this long after the outcome, then checks on the account."""
+    supervisor_deadline_hours: int = Field(48, ge=1)
+    """How long a supervisor has to answer; unanswered, the offer is cut to the limit (reject)."""
 
 
 class CancellationRequest(TemplateRequest):
@@ -60,6 +63,7 @@ class CancellationState(TypedDict, total=False):
     crm_note: dict
     confirmation: dict
     follow_up: dict
+    follow_up_check: dict
     outcome: Outcome
 
 

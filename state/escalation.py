@@ -14,6 +14,7 @@ from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 ACCEPT = "accept"
 QUEUE_NAME = r"[a-z0-9_-]{1,40}"
 REASSIGN = "reassign:"  # followed by a queue name
+REMIND = "remind"  # the answer the reminder timer gives when nobody accepted in time
 
 
 class EscalationSettings(BaseSettings):
@@ -26,6 +27,9 @@ class EscalationSettings(BaseSettings):
     triage_queue: str = "triage"
     """Where a case goes when no usable summary could be made: a person sorts it."""
     reminder_hours: int = Field(48, ge=1)
+    """While a ticket is unaccepted, its queue is reminded this often."""
+    queue_inbox: str = "{queue}-queue@example.com"
+    """Where a queue's reminders go; {queue} is the queue's name."""
     history_limit: int = Field(5, ge=0, le=50)
 
     @model_validator(mode="after")
@@ -56,7 +60,7 @@ class EscalationRequest(TemplateRequest):
 class AgentAnswer(HumanAnswer):
     """A human agent accepts the ticket, or sends it to another queue."""
 
-    decision: str = Field(pattern=rf"^(accept|reassign:{QUEUE_NAME})$")
+    decision: str = Field(pattern=rf"^(accept|remind|reassign:{QUEUE_NAME})$")  # "remind" only from the timer
 
 
 Outcome = Literal["accepted"]
@@ -75,7 +79,9 @@ class EscalationState(TypedDict, total=False):
     queue: str
     round: int  # queue assignments so far
     assignment: dict
-    reminder: dict
+    reminders: int  # sent for the current assignment
+    next_reminder_at: str  # ISO 8601
+    last_reminder: dict
     agent: dict
     notification: dict
     outcome: Outcome

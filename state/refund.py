@@ -24,6 +24,12 @@ class RefundSettings(BaseSettings):
     refund_window_days: int = Field(30, ge=0)
     """Orders older than this are not refundable."""
     approvals_inbox: str = "refund-approvals@example.com"
+    approval_deadline_hours: int = Field(48, ge=1)
+    """How long a person has to answer an approval request before the fallback applies."""
+    on_approval_deadline: Literal["escalate", "reject"] = "escalate"
+    """What an unanswered approval leads to: ask the escalations inbox (whose own deadline
+    then rejects), or reject at once."""
+    escalations_inbox: str = "refund-escalations@example.com"
     """Where approval requests are sent."""
 
 
@@ -44,7 +50,7 @@ class RefundRequest(TemplateRequest):
 class ApprovalAnswer(HumanAnswer):
     """A person's answer to an approval request."""
 
-    decision: Literal["approve", "reject"]
+    decision: Literal["approve", "reject", "escalate"]  # "escalate" only from the deadline
 
 
 class Eligibility(TypedDict):
@@ -67,7 +73,9 @@ class RefundState(TypedDict, total=False):
     risk: RiskAssessment
     route: Literal["auto_approve", "needs_approval", "ineligible"]
     approval_request: dict
+    approval_round: int  # 1, and 2 once escalated
     approval: dict  # an ApprovalAnswer, as JSON
+    escalation: dict
     refund: dict
     crm_note: dict
     notification: dict

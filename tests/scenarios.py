@@ -1,6 +1,8 @@
 """Paths through the four templates, shared by the crash matrix (tests/) and the chaos
 soak (bench/): how to set each one up in the sandbox, the answers people give along the
-way, the outcome it must reach and what the outside systems must hold at the end.
+way (or a deadline they let pass), the outcome it must reach and what the outside
+systems must hold at the end. Timers (a reminder, a follow-up, a deadline) are fired
+early: moved to now, then fired, as a worker would at their time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def future_slot(days: int = 5, hour: int = 10) -> str:
 
 
 FIRST_OFFERED = "<first offered>"  # an answer picked from the question's own decisions
+LET_IT_PASS = "<nobody answers>"  # no answer: the question's deadline passes
 
 
 def count(conn, sql: str, *params: Any) -> int:
@@ -60,6 +63,8 @@ def refund_effects(conn, ids: dict[str, str]) -> dict[str, int]:
         "crm_notes": count(conn, "SELECT count(*) FROM sandbox_crm_notes WHERE subject LIKE %s", f"% on order {ids['order']}"),
         "emails": count(conn, "SELECT count(*) FROM sandbox_emails WHERE recipient = %s OR subject LIKE %s",
                         ids["email"], f"Refund approval needed:% order {ids['order']}"),
+        "escalations": count(conn, "SELECT count(*) FROM sandbox_emails WHERE subject LIKE %s",
+                             f"Unanswered refund approval:% order {ids['order']}"),
         "audit_records": count(conn, "SELECT count(*) FROM sandbox_audit_records WHERE subject = %s", f"refund:{ids['order']}"),
     }
 
@@ -112,7 +117,6 @@ def cancellation_effects(conn, ids: dict[str, str]) -> dict[str, int]:
         "customer_emails": count(conn, "SELECT count(*) FROM sandbox_emails WHERE recipient = %s", ids["email"]),
         "supervisor_emails": count(conn, "SELECT count(*) FROM sandbox_emails WHERE subject LIKE %s",
                                    f"%account {ids['account']}"),
-        "timers": count(conn, "SELECT count(*) FROM durakit_timers WHERE payload->>'account_id' = %s", ids["account"]),
     }
 
 
@@ -133,19 +137,26 @@ def escalation_effects(conn, ids: dict[str, str]) -> dict[str, int]:
         "assignments": count(conn, f"SELECT count(*) FROM sandbox_assignments WHERE ticket_id IN ({tickets})",
                              ids["customer"]),
         "emails": count(conn, "SELECT count(*) FROM sandbox_emails WHERE recipient = %s", ids["email"]),
+        "queue_reminders": count(
+            conn, f"SELECT count(*) FROM sandbox_emails e JOIN ({tickets}) t ON e.subject = '[' || t.ticket_id || "
+            "'] still waiting for an agent'", ids["customer"]),
     }
 
 
 SCENARIOS = [
     Scenario("refund", "approved", refund_setup, ("approve",), "refunded", refund_effects,
-             {"refunds": 1, "crm_notes": 1, "emails": 2, "audit_records": 1},
+             {"refunds": 1, "crm_notes": 1, "emails": 2, "escalations": 0, "audit_records": 1},
              ("load_order", "check_eligibility", "request_approval", "await_approval", "issue_refund", "sync_crm",
               "notify_customer", "write_audit")),
+    Scenario("refund", "unanswered, escalated, approved", refund_setup, (LET_IT_PASS, "approve"), "refunded",
+             refund_effects, {"refunds": 1, "crm_notes": 1, "emails": 2, "escalations": 1, "audit_records": 1},
+             ("escalate_approval",)),
     Scenario("booking", "free slot", booking_setup(), (), "booked", booking_effects,
-             {"held": 1, "released": 0, "charges": 1, "emails": 1},
-             ("check_availability", "hold_slot", "take_deposit", "send_confirmation", "schedule_reminder")),
-    Scenario("booking", "slot taken", booking_setup(taken=True), (FIRST_OFFERED,), "booked", booking_effects,
              {"held": 1, "released": 0, "charges": 1, "emails": 2},
+             ("check_availability", "hold_slot", "take_deposit", "send_confirmation", "schedule_reminder",
+              "await_reminder", "send_reminder")),
+    Scenario("booking", "slot taken", booking_setup(taken=True), (FIRST_OFFERED,), "booked", booking_effects,
+             {"held": 1, "released": 0, "charges": 1, "emails": 3},
              ("propose_alternatives", "await_choice")),
     Scenario("booking", "card declined", booking_setup(card="pm_card_declined"), (), "payment_failed", booking_effects,
              {"held": 0, "released": 1, "charges": 0, "emails": 1},
@@ -155,16 +166,20 @@ SCENARIOS = [
              ("notify_no_slot",)),
     Scenario("cancellation-save", "approved and saved", cancellation_setup(support_tickets=4),
              ("approve", "accepted"), "saved", cancellation_effects,
-             {"discounts": 1, "cancelled": 0, "crm_notes": 1, "customer_emails": 2, "supervisor_emails": 1, "timers": 1},
+             {"discounts": 1, "cancelled": 0, "crm_notes": 2, "customer_emails": 2, "supervisor_emails": 1},
              ("fetch_account", "compute_offer", "request_supervisor_approval", "await_supervisor", "present_offer",
-              "await_customer", "apply_retention", "log_outcome", "send_confirmation", "schedule_follow_up")),
+              "await_customer", "apply_retention", "log_outcome", "send_confirmation", "schedule_follow_up",
+              "await_follow_up", "check_follow_up")),
     Scenario("cancellation-save", "declined", cancellation_setup(), ("declined",), "cancelled", cancellation_effects,
-             {"discounts": 0, "cancelled": 1, "crm_notes": 1, "customer_emails": 2, "supervisor_emails": 0, "timers": 1},
+             {"discounts": 0, "cancelled": 1, "crm_notes": 2, "customer_emails": 2, "supervisor_emails": 0},
              ("cancel_subscription",)),
     Scenario("escalation", "reassigned then accepted", escalation_setup, ("reassign:technical", "accept"), "accepted",
-             escalation_effects, {"tickets": 1, "assignments": 2, "emails": 1},
-             ("fetch_history", "summarize", "create_ticket", "assign_queue", "schedule_reminder", "await_agent",
+             escalation_effects, {"tickets": 1, "assignments": 2, "emails": 1, "queue_reminders": 0},
+             ("fetch_history", "summarize", "create_ticket", "assign_queue", "await_agent",
               "mark_accepted", "notify_customer")),
+    Scenario("escalation", "reminded, then accepted", escalation_setup, (LET_IT_PASS, "accept"), "accepted",
+             escalation_effects, {"tickets": 1, "assignments": 1, "emails": 1, "queue_reminders": 1},
+             ("remind_queue",)),
 ]
 
 
@@ -176,3 +191,28 @@ def thread_id_for(template_name: str, request: dict[str, Any]) -> str:
 
 def answer_for(answer: str, interrupt: dict[str, Any]) -> str:
     return interrupt["decisions"][0] if answer == FIRST_OFFERED else answer
+
+
+def next_move(interrupt: dict[str, Any], answers: list[str]) -> tuple[str, str]:
+    """What moves a waiting thread on: ("timer", NAME) when it sleeps or its question's
+    deadline is to pass (the next answer is LET_IT_PASS), else ("answer", DECISION).
+    Takes the answer it uses off `answers`."""
+    if not interrupt.get("decisions"):
+        return "timer", interrupt["timer"]
+    answer = answers.pop(0)
+    return ("timer", interrupt["timer"]) if answer == LET_IT_PASS else ("answer", answer_for(answer, interrupt))
+
+
+def fire_early(runner: Runner, thread_id: str, timer: str):
+    """Fire a timer now, in this process, as a worker would at its time."""
+    runner.move_timer(thread_id, timer, datetime.now(UTC))
+    return runner.fire_timer(thread_id, timer)
+
+
+def drive(runner: Runner, view, answers: list[str], *, by: str = "tester"):
+    """Answer a thread (or let its timers fire) in this process until it no longer waits."""
+    while view.status == "waiting":
+        kind, value = next_move(view.interrupt, answers)
+        view = fire_early(runner, view.thread_id, value) if kind == "timer" else runner.approve(
+            view.thread_id, value, by=by)
+    return view

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import UTC, datetime
 
 import pytest
 
 from durakit.graphs import TEMPLATES
 from tests.conftest import durakit
-from tests.scenarios import SCENARIOS, answer_for, thread_id_for
+from tests.scenarios import SCENARIOS, drive, next_move, thread_id_for
 
 pytestmark = pytest.mark.crash
 
@@ -23,20 +24,21 @@ KILLED = -signal.SIGKILL
 
 # Nodes whose work goes through the ledger, so they have an `after_effect` point.
 EFFECT_NODES = {
-    "refund": {"check_eligibility", "request_approval", "issue_refund", "sync_crm", "notify_customer", "write_audit"},
+    "refund": {"check_eligibility", "request_approval", "escalate_approval", "issue_refund", "sync_crm",
+               "notify_customer", "write_audit"},
     "booking": {"hold_slot", "propose_alternatives", "take_deposit", "release_hold", "notify_payment_failed",
-                "notify_no_slot", "send_confirmation"},
+                "notify_no_slot", "send_confirmation", "send_reminder"},
     "cancellation-save": {"compute_offer", "request_supervisor_approval", "present_offer", "apply_retention",
-                          "cancel_subscription", "log_outcome", "send_confirmation"},
-    "escalation": {"summarize", "create_ticket", "assign_queue", "notify_customer"},
+                          "cancel_subscription", "log_outcome", "send_confirmation", "check_follow_up"},
+    "escalation": {"summarize", "create_ticket", "assign_queue", "remind_queue", "notify_customer"},
 }
 
 # `after_writes` (the node's output saved, the next checkpoint not) on a few nodes of each
 # template: a thread left there looks finished to `get_state().next` (the chaos soak found it).
 AFTER_WRITES_NODES = {
     "refund": {"await_approval", "issue_refund", "write_audit"},
-    "booking": {"take_deposit"},
-    "cancellation-save": {"await_customer", "apply_retention"},
+    "booking": {"take_deposit", "await_reminder"},
+    "cancellation-save": {"await_customer", "apply_retention", "await_follow_up"},
     "escalation": {"mark_accepted"},
 }
 
@@ -72,21 +74,24 @@ def test_killed_anywhere_the_thread_completes_with_each_effect_once(runner, conn
     fault = {"DURAKIT_FAULT": f"{node}:{point}"}
     answers = list(scenario.answers)
 
-    # The fault fires in the process that starts the thread or in one that answers it.
+    # The fault fires in the process that starts the thread, in one that answers it, or in
+    # a worker that fires its timer (`durakit worker --burst` works off what is due, then exits).
     child = durakit("run", scenario.template, "--input", json.dumps(request), "--json", env=fault)
     thread_id = thread_id_for(scenario.template, request)
     while child.returncode != KILLED:
         assert child.returncode == 0, child.stderr
-        view = json.loads(child.stdout)
-        assert view["status"] == "waiting" and answers, f"{node}:{point} never fired"
-        decision = answer_for(answers.pop(0), view["interrupt"])
-        child = durakit("approve", thread_id, "--decision", decision, "--by", "tester", "--json", env=fault)
+        view = runner.status(thread_id)
+        assert view.status == "waiting", f"{node}:{point} never fired"
+        kind, value = next_move(view.interrupt, answers)
+        if kind == "timer":
+            runner.move_timer(thread_id, value, datetime.now(UTC))
+            child = durakit("worker", "--burst", env=fault)
+        else:
+            child = durakit("approve", thread_id, "--decision", value, "--by", "tester", "--json", env=fault)
 
     # This test process is the new one: it resumes the thread and answers what is left.
     assert runner.wait_until_released(thread_id)
-    view = runner.resume(thread_id)
-    while view.status == "waiting":
-        view = runner.approve(thread_id, answer_for(answers.pop(0), view.interrupt), by="tester")
+    view = drive(runner, runner.resume(thread_id), answers)
     assert view.status == "completed", view
     assert view.result["outcome"] == scenario.outcome
     assert scenario.effects(conn, ids) == scenario.expected

@@ -40,7 +40,7 @@ def test_a_fork_from_before_the_refund_replays_it_without_refunding_twice(runner
     done = runner.resume(fork)
     assert done.status == "completed" and done.result["outcome"] == "refunded"
     # the same refund, note and email as the source; an audit record of its own (it names its thread)
-    assert refund_effects(conn, ids) == {"refunds": 1, "crm_notes": 1, "emails": 2, "audit_records": 2}
+    assert refund_effects(conn, ids) == {"refunds": 1, "crm_notes": 1, "emails": 2, "escalations": 0, "audit_records": 2}
     effects = {e["step_key"]: e for e in runner.status(fork).effects}
     assert effects["issue_refund"]["idempotency_key"] == f"durakit:{source}:issue_refund"
     assert effects["issue_refund"]["inherited_from"] == source and effects["write_audit"]["inherited_from"] is None
@@ -55,7 +55,7 @@ def test_a_fork_that_takes_another_path_makes_its_own_effects(runner, conn):
     say something else, and the refund and CRM note are new, so the fork makes them."""
     source, ids = waiting_refund(runner)
     runner.approve(source, "reject", by="dana", note="no")
-    assert refund_effects(conn, ids) == {"refunds": 0, "crm_notes": 0, "emails": 2, "audit_records": 1}
+    assert refund_effects(conn, ids) == {"refunds": 0, "crm_notes": 0, "emails": 2, "escalations": 0, "audit_records": 1}
     fork = unique("fork")
     view = runner.fork(source, fork, checkpoint_id=checkpoint_before(runner, source, "await_approval"))
     assert view.status == "running" and view.stale  # nothing runs it until asked
@@ -63,7 +63,7 @@ def test_a_fork_that_takes_another_path_makes_its_own_effects(runner, conn):
     assert asked.status == "waiting" and asked.interrupt["node"] == "await_approval"
     assert runner.approve(fork, "approve", by="erin").result["outcome"] == "refunded"
 
-    assert refund_effects(conn, ids) == {"refunds": 1, "crm_notes": 1, "emails": 3, "audit_records": 2}
+    assert refund_effects(conn, ids) == {"refunds": 1, "crm_notes": 1, "emails": 3, "escalations": 0, "audit_records": 2}
     effects = {e["step_key"]: e for e in runner.status(fork).effects}
     assert effects["request_approval"]["inherited_from"] == source
     assert effects["notify_customer"]["inherited_from"] is None
@@ -161,7 +161,7 @@ def test_prune_older_than_empties_old_completed_threads_and_keeps_their_audit(ru
 def test_a_fork_takes_over_the_timers_of_its_source(runner, conn):
     request, _ = booking_setup()(runner)
     source = runner.run("booking", request)
-    assert source.status == "completed"
+    assert source.status == "waiting" and source.interrupt["timer"] == "reminder"
     fork = unique("fork")
     runner.fork(source.thread_id, fork)
     timers = "SELECT name, status FROM durakit_timers WHERE thread_id = %s ORDER BY name"

@@ -42,7 +42,7 @@ def emails(conn, customer: str) -> int:
 def test_free_slot_is_held_paid_confirmed_and_reminded(runner, conn):
     service, slot = unique("svc"), future_slot()
     view, customer = booking(runner, service=service, slot=slot)
-    assert view.status == "completed"
+    assert view.status == "waiting" and view.interrupt["timer"] == "reminder"  # sleeps until the reminder
     assert view.result["outcome"] == "booked" and view.result["slot"] == slot
     assert (holds(conn, customer), charges(conn, customer), emails(conn, customer)) == (1, 1, 1)
     deposit = conn.execute("SELECT amount_cents FROM sandbox_charges WHERE customer_id = %s", (customer,)).fetchone()
@@ -246,14 +246,15 @@ def test_urgent_case_is_queued_reassigned_accepted_and_the_customer_told(runner,
     email = conn.execute("SELECT subject, body FROM sandbox_emails WHERE recipient = %s", (f"{customer}@example.com",))
     assert ticket_id in email.fetchone()["subject"]
     timers = runner.status(done.thread_id).timers
-    assert [(t["name"], t["status"]) for t in timers] == [("reminder:1", "cancelled"), ("reminder:2", "cancelled")]
+    assert [(t["name"], t["status"]) for t in timers] == [("reminder:1:1", "cancelled"), ("reminder:2:1", "cancelled")]
 
 
 def test_waiting_ticket_has_a_reminder_48_hours_after_assignment(runner):
     view, _ = escalation(runner, "I was charged twice.")
     assert view.interrupt["queue"] == "general"
     timer = runner.status(view.thread_id).timers[0]
-    assert (timer["name"], timer["status"]) == ("reminder:1", "scheduled")
+    assert (timer["name"], timer["status"]) == ("reminder:1:1", "scheduled")
+    assert view.interrupt["timer"] == "reminder:1:1" and view.interrupt["on_deadline"] == "remind"
     waited = datetime.fromisoformat(timer["due_at"]) - datetime.fromisoformat(view.updated_at)
     assert timedelta(hours=47) < waited <= timedelta(hours=48)
 
