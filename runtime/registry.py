@@ -25,10 +25,16 @@ from durakit.lease import LEASE_HELD_SQL
 QUEUED_SQL = """EXISTS (
     SELECT 1 FROM procrastinate_jobs j WHERE j.queueing_lock = {thread_id} AND j.status = 'todo'
 )"""
-# A worker has taken a run of the thread (and holds its lock, or will in a moment, or
-# died and has its job handed back once its heartbeat is missed).
-TAKEN_SQL = """EXISTS (
-    SELECT 1 FROM procrastinate_jobs j WHERE j.lock = {thread_id} AND j.status = 'doing'
+# How long a worker may stay silent before its jobs count as abandoned (`durakit worker
+# --stalled-after`; workers beat every second).
+STALLED_AFTER_SECONDS = 5.0
+
+# A live worker has taken a run of the thread (it holds the thread's lock, or will in a
+# moment). A job of a worker that stopped beating does not count: its thread is an orphan.
+TAKEN_SQL = f"""EXISTS (
+    SELECT 1 FROM procrastinate_jobs j JOIN procrastinate_workers w ON w.id = j.worker_id
+    WHERE j.lock = {{thread_id}} AND j.status = 'doing'
+      AND w.last_heartbeat > now() - interval '{STALLED_AFTER_SECONDS} seconds'
 )"""
 
 THREAD_COLUMNS = f"""
@@ -41,7 +47,8 @@ THREAD_COLUMNS = f"""
     t.worker_managed, t.waiting_for,
     (SELECT to_char(min(tm.due_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') FROM durakit_timers tm
      WHERE tm.thread_id = t.thread_id AND tm.status = 'scheduled') AS next_wake,
-    {QUEUED_SQL.format(thread_id="t.thread_id")} AS queued
+    {QUEUED_SQL.format(thread_id="t.thread_id")} AS queued,
+    {TAKEN_SQL.format(thread_id="t.thread_id")} AS taken
 """
 
 GET_SQL = f"SELECT {THREAD_COLUMNS} FROM durakit_threads t WHERE t.thread_id = %s"

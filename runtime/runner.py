@@ -110,7 +110,7 @@ class ThreadView:
             error_node=row["error_node"] if row["status"] == "failed" else None,
             attempts=row["attempts"],
             stale=row["status"] == "running" and not row["lease_held"] and not row["superseded_by"]
-            and not row["queued"],
+            and not row["queued"] and not row["taken"],
             queued=row["queued"],
             worker_managed=row["worker_managed"],
             next_wake=row["next_wake"],
@@ -353,6 +353,11 @@ class Runner:
             refuse_superseded(row)
             if row["status"] == "completed":
                 raise Conflict(f"Thread {thread_id} is already completed; there is nothing to resume.")
+            if row["status"] == "waiting" and row["waiting_for"] == "timer":
+                raise Conflict(
+                    f"Thread {thread_id} sleeps until {row['interrupt'].get('wakes_at')} ({row['interrupt'].get('timer')}); "
+                    "a worker wakes it then, and there is nothing to resume before."
+                )
             if row["status"] == "waiting":
                 question = (row["interrupt"] or {}).get("question", "a decision")
                 raise Conflict(
@@ -402,6 +407,7 @@ class Runner:
                                       decision=answer["decision"], by=answer["by"], note=answer["note"])
                         if queue:
                             jobs.defer_advance(conn, thread_id, "resumed")
+                            queued = registry.get(conn, thread_id)  # read before a worker takes it
                 if not recorded:
                     earlier = registry.who_decided(conn, thread_id, interrupt["id"]) or {}
                     raise Conflict(
@@ -409,7 +415,7 @@ class Runner:
                         f"at {earlier.get('decided_at')}."
                     )
             if queue:
-                return ThreadView.from_row(self._row(thread_id))  # running, and queued for a worker
+                return ThreadView.from_row(queued)  # running, and queued for a worker
             return self._advance(template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", settings)
 
     def _authorize(

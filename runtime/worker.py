@@ -67,7 +67,7 @@ class Worker:
         concurrency: int = 4,
         poll_interval: float = 1.0,
         heartbeat: float = 1.0,
-        stalled_after: float = 5.0,
+        stalled_after: float = registry.STALLED_AFTER_SECONDS,
         sweep_interval: float = 1.0,
         metrics_port: int | None = None,
         burst: bool = False,
