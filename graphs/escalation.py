@@ -96,8 +96,8 @@ def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
         [ACCEPT, *(REASSIGN + queue for queue in other_queues)],
         AgentAnswer,
         deadline=Deadline(
-            f"reminder:{state['round']}:{state['reminders'] + 1}",
-            datetime.fromisoformat(state["next_reminder_at"]),
+            f"reminder:{state['round']}:{state.get('reminders', 0) + 1}",
+            next_reminder(state, runtime.context.settings.reminder_hours),
             REMIND,
             note=f"not accepted within {runtime.context.settings.reminder_hours} hours",
         ),
@@ -109,8 +109,15 @@ def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
     return {"agent": answer.model_dump()}
 
 
+def next_reminder(state: EscalationState, hours: int) -> datetime:
+    if "next_reminder_at" in state:
+        return datetime.fromisoformat(state["next_reminder_at"])
+    # A ticket assigned before reminders were kept in the state (durakit < 0.2).
+    return datetime.fromisoformat(state["assignment"]["assigned_at"]) + timedelta(hours=hours)
+
+
 def remind_queue(state: EscalationState, runtime: Context) -> dict[str, Any]:
-    reminders = state["reminders"] + 1
+    reminders = state.get("reminders", 0) + 1
     hours = runtime.context.settings.reminder_hours
     ticket = state["ticket"]
     sent = runtime.context.send_email(

@@ -155,11 +155,11 @@ def show_stats(figures: dict[str, Any]) -> None:
         return "-" if value is None else f"{value * 100:.1f}%"
 
     table = Table(title="templates", title_justify="left")
-    for column in ("template", "threads", "completed", "waiting", "running", "failed", "completion rate"):
+    counts = ("threads", "completed", "sleeping", "waiting", "running", "failed")
+    for column in ("template", *counts, "completion rate"):
         table.add_column(column)
     for row in figures["templates"]:
-        table.add_row(row["template"], *(str(row[key]) for key in ("threads", "completed", "waiting", "running",
-                                                                    "failed")), percent(row["completion_rate"]))
+        table.add_row(row["template"], *(str(row[key]) for key in counts), percent(row["completion_rate"]))
     console.print(table)
     table = Table(title="nodes", title_justify="left")
     for column in ("template", "node", "finished", "retries", "retry rate"):

@@ -463,8 +463,13 @@ class Runner:
             row = self._row(thread_id)
             with self.pool.connection() as conn, conn.transaction():
                 timer = timers.get(conn, thread_id, name)
-                if timer is None or timer["status"] != "scheduled" or not timer["due"]:
-                    return None  # gone, fired, or moved later (its job was moved with it)
+                if timer is None or timer["status"] != "scheduled":
+                    return None  # gone, or fired already
+                if not timer["due"]:
+                    timers.arm(conn, thread_id, name)  # moved later while this job ran: a job for then
+                    return None
+                if row["status"] == "running" and not row["superseded_by"]:
+                    return None  # a run goes on (or died) and settles, re-arming it if it still waits on it
                 interrupt = row["interrupt"] if row["status"] == "waiting" else None
                 if row["superseded_by"] or interrupt is None or interrupt.get("timer") != name:
                     timers.cancel(conn, thread_id, name)
@@ -850,6 +855,10 @@ class Runner:
                 # its result so far is shown while it waits.
                 result = None if interrupt.get("decisions") else template.summarize(snapshot.values)
                 registry.settle(conn, thread_id, "waiting", interrupt=interrupt, result=result)
+                if interrupt.get("timer") and registry.decision_for(conn, thread_id, pending.id) is None:
+                    # It waits on this timer: make sure it fires, even if an earlier run that died
+                    # before this interrupt was saved (or this thread's fork source) used it up.
+                    timers.arm(conn, thread_id, interrupt["timer"], rearm=True)
                 events.insert(conn, thread_id, "interrupted", node, interrupt_id=pending.id)
             elif not is_finished(snapshot):
                 failed = next((task for task in snapshot.tasks if task.error), None)
@@ -857,6 +866,7 @@ class Runner:
                 registry.settle(conn, thread_id, "failed", error=error, error_node=failed.name if failed else None)
             else:
                 registry.settle(conn, thread_id, "completed", result=template.summarize(snapshot.values))
+                timers.cancel_all(conn, thread_id)  # nothing is left to wake
                 events.insert(conn, thread_id, "completed")
         return ThreadView.from_row(self._row(thread_id))
 

@@ -18,7 +18,8 @@ TEMPLATES_SQL = """
 SELECT template, count(*) AS threads,
        count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'waiting') AS waiting,
+       count(*) FILTER (WHERE status = 'waiting' AND waiting_for = 'person') AS waiting,
+       count(*) FILTER (WHERE status = 'waiting' AND waiting_for = 'timer') AS sleeping,
        count(*) FILTER (WHERE status = 'running') AS running
 FROM durakit_threads WHERE superseded_by IS NULL
 GROUP BY template ORDER BY template

@@ -43,6 +43,18 @@ CANCEL_SQL = """
 UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND name = %s AND status = 'scheduled'
 RETURNING job_id
 """
+# A scheduled timer whose job will not fire it: none queued (the job ran and found it not
+# yet due, or failed for good, or the timer predates workers).
+UNARMED_SQL = """
+SELECT t.thread_id, t.name, t.due_at FROM durakit_timers t
+WHERE t.status = 'scheduled' AND NOT EXISTS (
+    SELECT 1 FROM procrastinate_jobs j WHERE j.id = t.job_id AND j.status IN ('todo', 'doing'))
+  AND CASE WHEN %(thread_id)s::text IS NULL THEN t.due_at <= now() + interval '1 minute'  -- soon due: the sweep
+           ELSE t.thread_id = %(thread_id)s AND t.name = %(name)s END
+ORDER BY t.due_at LIMIT %(limit)s
+FOR UPDATE OF t SKIP LOCKED
+"""
+REARM_SQL = "UPDATE durakit_timers SET status = 'scheduled', fired_at = NULL WHERE thread_id = %s AND name = %s"
 CANCEL_ALL_SQL = "UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id = %s AND status = 'scheduled' RETURNING job_id"
 FIRED_SQL = "UPDATE durakit_timers SET status = 'fired', fired_at = now() WHERE thread_id = %s AND name = %s"
 MOVE_SQL = "UPDATE durakit_timers SET due_at = %s WHERE thread_id = %s AND name = %s AND status = 'scheduled' RETURNING job_id"
@@ -107,6 +119,26 @@ def get(conn: Connection, thread_id: str, name: str) -> dict[str, Any] | None:
     if row is not None:
         row["payload"] = open_payload(row["payload"], thread_id, name)
     return row
+
+
+def arm(conn: Connection, thread_id: str, name: str, *, rearm: bool = False) -> None:
+    """Make sure the timer has a job queued to fire it (at its due time, or at once if that
+    has passed); with `rearm`, schedule it again if it was cancelled or fired (the thread
+    waits on it again: a run that died before its interrupt was saved, a fork)."""
+    if rearm:
+        conn.execute(REARM_SQL, (thread_id, name))
+    for row in conn.execute(UNARMED_SQL, {"thread_id": thread_id, "name": name, "limit": 1}).fetchall():
+        conn.execute(SET_JOB_SQL, (jobs.defer_timer(conn, thread_id, name, row["due_at"]), thread_id, name))
+
+
+def arm_all(conn: Connection, limit: int = 500) -> int:
+    """Queue a job for every scheduled timer due within a minute that has none (the
+    worker's sweep); returns how many."""
+    rows = conn.execute(UNARMED_SQL, {"thread_id": None, "name": None, "limit": limit}).fetchall()
+    for row in rows:
+        conn.execute(SET_JOB_SQL, (jobs.defer_timer(conn, row["thread_id"], row["name"], row["due_at"]),
+                                   row["thread_id"], row["name"]))
+    return len(rows)
 
 
 def mark_fired(conn: Connection, thread_id: str, name: str) -> None:

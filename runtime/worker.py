@@ -32,19 +32,36 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from procrastinate import App, PsycopgConnector, RetryStrategy
-from procrastinate.jobs import DeleteJobCondition
+from procrastinate import App, PsycopgConnector
+from procrastinate.jobs import DeleteJobCondition, Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.worker import Worker as ProcrastinateWorker
 
-from durakit import jobs, metrics, registry
-from durakit.errors import ThreadBusy
+from durakit import jobs, metrics, registry, timers
+from durakit.errors import InvalidInput, NotFound, ThreadBusy
 from durakit.runner import Runner, ThreadView
 
 logger = logging.getLogger("durakit.worker")
 
-# A thread held by another process (a `durakit resume`, a frozen worker) is tried again
-# later rather than given up: its timer must still fire, its answer still be carried out.
-BUSY_RETRY = RetryStrategy(retry_exceptions={ThreadBusy}, wait=1, linear_wait=1, max_attempts=60)
+class Backoff(BaseRetryStrategy):
+    """A job that could not be done is tried again later, not given up: its timer must still
+    fire, its answer still be carried out. A thread held by another process (a `durakit
+    resume`, a frozen worker) is tried again within a second or two; anything else (the
+    database away, a missing key) after 5 s, 10 s, ... up to 5 minutes. A job for a thread
+    that does not exist is dropped.
+
+    While a job waits for its retry its thread counts as queued, so the sweep does not queue
+    it again."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, (NotFound, InvalidInput)):
+            return None
+        if isinstance(exception, ThreadBusy):
+            return RetryDecision(retry_in={"seconds": min(1 + job.attempts, 10)})
+        return RetryDecision(retry_in={"seconds": min(5 * (job.attempts + 1), 300)})
+
+
+BACKOFF = Backoff()
 
 
 @dataclass(frozen=True)
@@ -84,8 +101,8 @@ class Worker:
         self.on_job = on_job or (lambda outcome: None)
         # procrastinate's own pool: fetching and finishing jobs, heartbeats, LISTEN.
         self.app = App(connector=PsycopgConnector(conninfo=runner.database.url, min_size=1, max_size=concurrency + 3))
-        self.app.task(name=jobs.ADVANCE, queue=jobs.QUEUE, retry=BUSY_RETRY)(self._advance)
-        self.app.task(name=jobs.FIRE_TIMER, queue=jobs.QUEUE, retry=BUSY_RETRY)(self._fire_timer)
+        self.app.task(name=jobs.ADVANCE, queue=jobs.QUEUE, retry=BACKOFF)(self._advance)
+        self.app.task(name=jobs.FIRE_TIMER, queue=jobs.QUEUE, retry=BACKOFF)(self._fire_timer)
         self._procrastinate: ProcrastinateWorker | None = None
 
     def run(self) -> None:
@@ -97,7 +114,10 @@ class Worker:
         # Sync jobs run in the loop's default executor: one thread per concurrent job.
         loop.set_default_executor(ThreadPoolExecutor(self.concurrency, thread_name_prefix="durakit-job"))
         if self.metrics_port is not None:
-            metrics.serve(self.metrics_port, self.runner.pool)
+            try:
+                metrics.serve(self.metrics_port, self.runner.pool)
+            except OSError as exc:
+                raise InvalidInput(f"Cannot serve metrics on port {self.metrics_port} ({exc.strerror}).") from None
         async with self.app.open_async():
             self._procrastinate = ProcrastinateWorker(
                 self.app,
@@ -142,7 +162,7 @@ class Worker:
         try:
             view = work()
         except ThreadBusy:
-            raise  # procrastinate tries again shortly (BUSY_RETRY)
+            raise  # procrastinate tries again shortly (Backoff)
         except Exception as exc:
             self.on_job(JobOutcome(job, thread_id, what, None, time.perf_counter() - started, error=str(exc)))
             raise
@@ -159,12 +179,15 @@ class Worker:
                 logger.exception("sweep failed")
 
     def sweep(self) -> tuple[int, int]:
-        """Hand back the jobs of silent workers, and queue a run of each thread whose
-        process died; returns how many of each."""
+        """Hand back the jobs of silent workers, queue a run of each thread whose process
+        died, and a job for each scheduled timer without one; returns how many jobs were
+        handed back and how many threads queued."""
         with self.runner.pool.connection() as conn:
             handed_back = jobs.hand_back_stalled(conn, self.stalled_after)
             orphans = registry.orphans(conn, limit=500)
             queued = sum(1 for thread_id in orphans if jobs.defer_advance(conn, thread_id, "recovered") is not None)
+            with conn.transaction():
+                timers.arm_all(conn)
         for job in handed_back:
             logger.info("handed back job %s of thread %s (its worker stopped beating)", job["id"], job["lock"])
         return len(handed_back), queued

@@ -20,3 +20,4 @@ CREATE INDEX durakit_events_node_idx ON durakit_events (kind, node) WHERE node I
 -- What a waiting thread waits for: 'person' (an answer) or 'timer' (it only sleeps),
 -- kept in clear for `durakit pending`, `stats` and the metrics (its question may be encrypted).
 ALTER TABLE durakit_threads ADD COLUMN waiting_for TEXT CHECK (waiting_for IN ('person', 'timer'));
+UPDATE durakit_threads SET waiting_for = 'person' WHERE status = 'waiting';  -- nothing slept before workers

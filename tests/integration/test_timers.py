@@ -254,3 +254,49 @@ def test_a_timer_does_not_fire_before_its_time(runner, conn):
     assert runner.fire_timer(view.thread_id, "reminder") is None  # due in three days
     assert timer_row(conn, view.thread_id, "reminder")["status"] == "scheduled"
     assert emails_to(conn, email, "Reminder:%") == 0 and runner.status(view.thread_id).status == "waiting"
+
+
+def test_a_fork_from_before_the_sleep_sleeps_again_and_fires(runner, conn):
+    """The source's reminder fired long ago; a fork from before `await_reminder` waits on
+    it again, so it must be scheduled again, not left fired with nobody to wake it."""
+    view, email, _slot = booked(runner)
+    assert fire_now(runner, view.thread_id, "reminder").status == "completed"
+    before_sleep = next(c["checkpoint_id"] for c in runner.history(view.thread_id).extra["checkpoints"]
+                        if "await_reminder" in c["next"])
+    fork_id = unique("fork")
+    runner.fork(view.thread_id, fork_id, checkpoint_id=before_sleep)
+    sleeping = runner.resume(fork_id)
+    assert sleeping.status == "waiting" and sleeping.next_wake is not None
+    row = timer_row(conn, fork_id, "reminder")
+    assert (row["status"], row["job_status"]) == ("scheduled", "todo")
+    assert runner.fire_timer(fork_id, "reminder").status == "completed"  # due long ago
+    assert emails_to(conn, email, "Reminder:%") == 1  # the fork's reminder step is answered from the ledger
+
+
+def test_a_timer_that_falls_due_while_its_thread_runs_is_kept_and_rearmed(runner, conn):
+    """A run killed after scheduling its timer but before pausing leaves the thread running:
+    the timer's job must not cancel it, and the recovered run re-arms it."""
+    view, email, _slot = booked(runner)
+    conn.execute("UPDATE durakit_threads SET status = 'running' WHERE thread_id = %s", (view.thread_id,))
+    runner.move_timer(view.thread_id, "reminder", datetime.now(UTC))
+    assert runner.fire_timer(view.thread_id, "reminder") is None
+    assert timer_row(conn, view.thread_id, "reminder")["status"] == "scheduled"
+    conn.execute("DELETE FROM procrastinate_jobs WHERE id = %s", (timer_row(conn, view.thread_id, "reminder")["job_id"],))
+
+    waiting = runner.work(view.thread_id, "recovered")
+    assert waiting.status == "waiting" and waiting.interrupt["timer"] == "reminder"
+    assert timer_row(conn, view.thread_id, "reminder")["job_status"] == "todo"  # armed again when it settled
+    assert runner.fire_timer(view.thread_id, "reminder").status == "completed"
+    assert emails_to(conn, email, "Reminder:%") == 1
+
+
+def test_the_sweep_gives_a_due_timer_without_a_job_a_new_one(runner, conn):
+    view, _email, _slot = booked(runner)
+    job_id = timer_row(conn, view.thread_id, "reminder")["job_id"]
+    conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", (job_id,))  # given up on
+    Worker(runner).sweep()
+    assert timer_row(conn, view.thread_id, "reminder")["job_id"] == job_id  # due in days: left for later
+    runner.move_timer(view.thread_id, "reminder", datetime.now(UTC))
+    Worker(runner).sweep()
+    row = timer_row(conn, view.thread_id, "reminder")
+    assert row["job_id"] != job_id and row["job_status"] == "todo" and row["scheduled_at"] <= datetime.now(UTC)
