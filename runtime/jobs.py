@@ -49,6 +49,13 @@ WHERE status = 'doing' AND queue_name = %(queue)s
 FOR UPDATE SKIP LOCKED
 """
 RETRY_SQL = "SELECT procrastinate_retry_job_v2(%s, now(), NULL, NULL, NULL)"
+# The handed-back run is a recovery, as the event log should say.
+RECOVERED_SQL = f"UPDATE procrastinate_jobs SET args = args || '{{\"kind\": \"recovered\"}}' WHERE id = %s AND task_name = '{ADVANCE}'"
+# procrastinate's insert trigger wakes idle workers; a job made ready by an update (handed
+# back, moved to now) is announced the same way, or it would wait for the next poll.
+NOTIFY_SQL = f"""
+SELECT pg_notify('procrastinate_queue_v1#{QUEUE}', json_build_object('type', 'job_inserted', 'job_id', %s::bigint)::text)
+"""
 ABANDON_SQL = "SELECT procrastinate_finish_job_v1(%s, 'aborted', false)"
 
 # What is due now and later, for `durakit stats` and the worker's metrics.
@@ -91,7 +98,8 @@ def _defer(
 
 
 def reschedule(conn: Connection, job_id: int, at: datetime) -> None:
-    conn.execute(RESCHEDULE_SQL, (at, job_id))
+    if conn.execute(RESCHEDULE_SQL, (at, job_id)).rowcount:
+        conn.execute(NOTIFY_SQL, (job_id,))  # wakes a worker if it is due now; harmless if not
 
 
 def cancel(conn: Connection, job_id: int) -> None:
@@ -109,7 +117,9 @@ def hand_back_stalled(conn: Connection, stalled_after: float) -> list[dict[str, 
         for job in stalled:
             try:
                 with conn.transaction():
+                    conn.execute(RECOVERED_SQL, (job["id"],))
                     conn.execute(RETRY_SQL, (job["id"],))
+                    conn.execute(NOTIFY_SQL, (job["id"],))
                 handed_back.append(job)
             except psycopg.errors.UniqueViolation:
                 conn.execute(ABANDON_SQL, (job["id"],))

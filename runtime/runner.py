@@ -494,6 +494,14 @@ class Runner:
             if not timers.move(conn, check_thread_id(thread_id), name, due_at):
                 raise NotFound(f"Thread {thread_id} has no scheduled timer {name!r}; `durakit timers` lists them.")
 
+    def warm_up(self) -> None:
+        """Load LangGraph, the saver and every template's graph now, so that a worker's
+        first job does not wait a second and a half for them."""
+        from durakit.graphs import MODULES
+
+        for name in MODULES:
+            self._graph(get_template(name))
+
     def list_timers(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Every timer still to fire, soonest first."""
         return timers.scheduled(self.pool, limit)

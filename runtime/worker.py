@@ -99,8 +99,8 @@ class Worker:
         self.metrics_port = metrics_port
         self.burst = burst  # work off what is ready now, then return
         self.on_job = on_job or (lambda outcome: None)
-        # procrastinate's own pool: fetching and finishing jobs, heartbeats, LISTEN.
-        self.app = App(connector=PsycopgConnector(conninfo=runner.database.url, min_size=1, max_size=concurrency + 3))
+        # procrastinate's own pool: LISTEN, fetching and finishing jobs, heartbeats (each brief).
+        self.app = App(connector=PsycopgConnector(conninfo=runner.database.url, min_size=1, max_size=3))
         self.app.task(name=jobs.ADVANCE, queue=jobs.QUEUE, retry=BACKOFF)(self._advance)
         self.app.task(name=jobs.FIRE_TIMER, queue=jobs.QUEUE, retry=BACKOFF)(self._fire_timer)
         self._procrastinate: ProcrastinateWorker | None = None
@@ -118,6 +118,7 @@ class Worker:
                 metrics.serve(self.metrics_port, self.runner.pool)
             except OSError as exc:
                 raise InvalidInput(f"Cannot serve metrics on port {self.metrics_port} ({exc.strerror}).") from None
+        await asyncio.to_thread(self.runner.warm_up)
         async with self.app.open_async():
             self._procrastinate = ProcrastinateWorker(
                 self.app,
