@@ -34,6 +34,17 @@ app.add_typer(db_app, name="db")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
 ThreadArg = Annotated[str, typer.Argument(metavar="THREAD_ID", help="The thread's id, as `run` printed it.")]
+# What `run` and `submit` take: a template and one request.
+TemplateArg = Annotated[str, typer.Argument(metavar="TEMPLATE", help="Template name; `durakit templates` lists them.")]
+InputOption = Annotated[str | None, typer.Option("--input", help="The request as a JSON object.")]
+InputFileOption = Annotated[
+    Path | None, typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
+]
+NewThreadOption = Annotated[
+    str | None,
+    typer.Option("--thread-id", help="Id for the new thread. Default: derived from the request's business key, "
+                 "so the same request twice reaches the same thread."),
+]
 
 
 def open_runner():  # -> durakit.runner.Runner, imported here so --help stays fast
@@ -59,16 +70,10 @@ def finish(view, as_json: bool) -> None:
 
 @app.command()
 def run(
-    template: Annotated[str, typer.Argument(metavar="TEMPLATE", help="Template name; `durakit templates` lists them.")],
-    input_json: Annotated[str | None, typer.Option("--input", help="The request as a JSON object.")] = None,
-    input_file: Annotated[
-        Path | None, typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
-    ] = None,
-    thread_id: Annotated[
-        str | None,
-        typer.Option("--thread-id", help="Id for the new thread. Default: derived from the request's business key, "
-                     "so the same request twice reaches the same thread."),
-    ] = None,
+    template: TemplateArg,
+    input_json: InputOption = None,
+    input_file: InputFileOption = None,
+    thread_id: NewThreadOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a thread of TEMPLATE for one request and run it until it finishes or waits for a person.
@@ -82,16 +87,10 @@ def run(
 
 @app.command()
 def submit(
-    template: Annotated[str, typer.Argument(metavar="TEMPLATE", help="Template name; `durakit templates` lists them.")],
-    input_json: Annotated[str | None, typer.Option("--input", help="The request as a JSON object.")] = None,
-    input_file: Annotated[
-        Path | None, typer.Option("--input-file", help="Read the JSON request from this file ('-' for stdin).")
-    ] = None,
-    thread_id: Annotated[
-        str | None,
-        typer.Option("--thread-id", help="Id for the new thread. Default: derived from the request's business key, "
-                     "so the same request twice reaches the same thread."),
-    ] = None,
+    template: TemplateArg,
+    input_json: InputOption = None,
+    input_file: InputFileOption = None,
+    thread_id: NewThreadOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Queue a thread of TEMPLATE for the workers and return at once with its id.
