@@ -6,6 +6,8 @@ thread is done; then every thread and every side effect is checked.
     python -m bench.chaos --threads 20 --seed 7
     python -m bench.chaos --terminate-every 3  # also cut every durakit database session
     python -m bench.chaos --restart-every 10   # also restart the embedded PostgreSQL
+    python -m bench.chaos --freeze-every 2     # also freeze a child and cut only its lock session
+    python -m bench.chaos --outage-seconds 60  # instead: running workers lose the database for 60 s
 
 It uses the database durakit is configured for (DURAKIT_DATABASE_URL or the embedded
 one) and touches only the threads, orders and accounts it creates.
@@ -18,6 +20,14 @@ DURAKIT_SANDBOX_LATENCY_MS) are all hit. Interrupted threads are resumed by
 `durakit approve` as their questions appear. A thread that sleeps on a timer (a
 reminder, a follow-up), or whose question the scenario lets pass its deadline, has the
 timer moved to now and a `durakit worker --burst` fires it (killed now and then too).
+
+With --outage-seconds, the soak is of long-running workers instead: threads are submitted
+to the queue (on a scratch database), `--workers` `durakit worker` processes run them
+through a proxy (tests/dbproxy.py), and once a fifth of the threads are done the proxy
+cuts every worker connection and refuses new ones for that long; this process answers
+questions and moves timers throughout, on a direct connection. Every worker must live
+through it, saying once that it lost the database and once that it is back, and every
+thread must end as an undisturbed run of its scenario does (bench/workers.py's check).
 """
 
 from __future__ import annotations
@@ -71,6 +81,8 @@ class Child:
     kill_from: str = "activity"  # "activity": the child's first event; "start": its start
     active_since: float | None = None
     killed: bool = False
+    frozen_until: float | None = None  # SIGSTOPped, its lock session cut: woken (SIGCONT) then
+    frozen_at_event: int = 0  # the thread's newest event id when it was frozen
 
 
 @dataclass
@@ -88,6 +100,9 @@ class SoakReport:
     database_away: int = 0  # exit 5: the database was down when it started, or stayed away too long
     sessions_terminated: int = 0
     database_restarts: int = 0
+    freezes: int = 0  # children frozen with their lock session cut
+    taken_over: int = 0  # ... whose thread another process advanced before they woke
+    forked_chains: int = 0  # threads with two checkpoints of one parent: a stale step saved late
     duplicates: int = 0
     missing_effects: int = 0
     lost: int = 0  # not completed, or not with the expected outcome
@@ -98,7 +113,7 @@ class SoakReport:
     @property
     def ok(self) -> bool:
         return not (self.duplicates or self.missing_effects or self.lost or self.inconsistent_events
-                    or self.unexpected_exits)
+                    or self.unexpected_exits or self.forked_chains)
 
     def lines(self) -> list[str]:
         return [
@@ -110,8 +125,11 @@ class SoakReport:
             f"database sessions terminated {self.sessions_terminated}, database restarts {self.database_restarts}, "
             f"runs that reconnected {self.reconnected}, commands that found the database away (exit 5) "
             f"{self.database_away}",
+            f"children frozen with their lock session cut {self.freezes}, "
+            f"their threads taken over meanwhile {self.taken_over}",
             f"duplicates {self.duplicates}, missing effects {self.missing_effects}, lost {self.lost}, "
-            f"inconsistent event logs {self.inconsistent_events}, unexpected exits {len(self.unexpected_exits)}",
+            f"inconsistent event logs {self.inconsistent_events}, forked checkpoint chains {self.forked_chains}, "
+            f"unexpected exits {len(self.unexpected_exits)}",
         ]
 
 
@@ -121,6 +139,23 @@ SELECT t.thread_id, t.status, t.interrupt, l.lease_held,
        (SELECT coalesce(max(e.id), 0) FROM durakit_events e WHERE e.thread_id = t.thread_id) AS last_event
 FROM durakit_threads t, LATERAL (SELECT {lease_held} AS lease_held) l
 WHERE t.thread_id = ANY(%s)
+"""
+
+# Ends only the session holding the thread's advisory lock (what an idle timeout in a proxy does).
+CUT_LOCK_SQL = """
+SELECT count(pg_terminate_backend(l.pid)) AS n FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::bigint = ((hashtextextended('durakit.thread:' || %(thread_id)s, 0) >> 32) & 4294967295)
+  AND l.objid::bigint = (hashtextextended('durakit.thread:' || %(thread_id)s, 0) & 4294967295)
+"""
+
+FORKED_CHAINS_SQL = """
+SELECT count(DISTINCT thread_id) AS n FROM (
+    SELECT thread_id FROM checkpoints
+    WHERE thread_id = ANY(%s) AND checkpoint_ns = '' AND parent_checkpoint_id IS NOT NULL
+    GROUP BY thread_id, parent_checkpoint_id HAVING count(*) > 1
+) forked
 """
 
 TERMINATE_SQL = """
@@ -141,6 +176,8 @@ class Soak:
         timeout: float,
         terminate_every: float | None = None,
         restart_every: float | None = None,
+        freeze_every: float | None = None,
+        freeze_for: float = 4.0,
         say=print,
     ) -> None:
         self.rng = random.Random(seed)
@@ -149,6 +186,8 @@ class Soak:
         self.timeout = timeout
         self.terminate_every = terminate_every
         self.restart_every = restart_every
+        self.freeze_every = freeze_every
+        self.freeze_for = freeze_for
         self.say = say
         self.env = {**os.environ, "DURAKIT_SANDBOX_LATENCY_MS": str(latency_ms)}
         self.env.pop("DURAKIT_FAULT", None)
@@ -174,6 +213,7 @@ class Soak:
         started = time.monotonic()
         next_terminate = started + self.terminate_every if self.terminate_every else None
         next_restart = started + self.restart_every if self.restart_every else None
+        next_freeze = started + self.freeze_every if self.freeze_every else None
         done: set[str] = set()
         while len(done) < len(self.tracked) and time.monotonic() - started < self.timeout:
             states = self.states()
@@ -188,8 +228,14 @@ class Soak:
             if next_restart and now >= next_restart:
                 self.restart_database()
                 next_restart = time.monotonic() + self.restart_every
+            if next_freeze and now >= next_freeze:
+                self.freeze_one(states)
+                next_freeze = now + self.freeze_every
+            self.thaw_due(states)
             time.sleep(0.02)
         for child in self.children:  # out of time: stop what still runs
+            if child.frozen_until is not None:
+                child.proc.send_signal(signal.SIGCONT)
             child.proc.kill()
             child.proc.wait()
         self.report.seconds = time.monotonic() - started
@@ -268,7 +314,7 @@ class Soak:
             row = states.get(child.thread_id or "")
             if child.active_since is None and row is not None and row["last_event"] > child.last_event:
                 child.active_since = now
-            if child.kill_delay is None or child.killed:
+            if child.kill_delay is None or child.killed or child.frozen_until is not None:
                 continue
             origin = child.started if child.kill_from == "start" else child.active_since
             if origin is not None and now >= origin + child.kill_delay and child.proc.poll() is None:
@@ -314,6 +360,33 @@ class Soak:
         except psycopg.OperationalError:
             return 0
 
+    def freeze_one(self, states: dict[str, dict[str, Any]]) -> None:
+        """Freeze a child that is advancing its thread and cut only its lock session: while
+        it sleeps, `recover` takes the thread over; when it wakes, its writes must be refused."""
+        candidates = [child for child in self.children if child.thread_id and child.active_since is not None
+                      and not child.killed and child.frozen_until is None and child.proc.poll() is None]
+        if not candidates:
+            return
+        child = self.rng.choice(candidates)
+        child.proc.send_signal(signal.SIGSTOP)
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(CUT_LOCK_SQL, {"thread_id": child.thread_id})
+        except psycopg.OperationalError:
+            pass
+        child.frozen_until = time.monotonic() + self.freeze_for
+        child.frozen_at_event = states.get(child.thread_id, {}).get("last_event", 0)
+        self.report.freezes += 1
+
+    def thaw_due(self, states: dict[str, dict[str, Any]]) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.frozen_until is not None and now >= child.frozen_until:
+                if states.get(child.thread_id, {}).get("last_event", 0) > child.frozen_at_event:
+                    self.report.taken_over += 1
+                child.proc.send_signal(signal.SIGCONT)
+                child.frozen_until = None
+
     def restart_database(self) -> None:
         db.stop_embedded(self.settings.home)
         time.sleep(self.rng.uniform(0.0, 1.0))
@@ -329,6 +402,7 @@ class Soak:
                                 (list(self.tracked),)).fetchall()
             kinds = {row["kind"]: row["n"] for row in rows}
             report.recovered, report.reconnected = kinds.get("recovered", 0), kinds.get("reconnected", 0)
+            report.forked_chains = conn.execute(FORKED_CHAINS_SQL, (list(self.tracked),)).fetchone()["n"]
             for thread_id, tracked in self.tracked.items():
                 row = conn.execute("SELECT status, result FROM durakit_threads WHERE thread_id = %s",
                                    (thread_id,)).fetchone()
@@ -371,9 +445,90 @@ class Soak:
                 and counts["decided"] == people and counts["decided"] + counts["timer_fired"] == decisions)
 
 
+LOST_LINE = "Lost the database"
+BACK_LINE = "The database is back"
+
+
+def outage_soak(*, threads: int, workers: int, outage_seconds: float, latency_ms: int, timeout: float,
+                say=print) -> bool:
+    """Threads run by `workers` worker processes that lose the database for `outage_seconds`
+    while they work; prints the figures and returns whether every promise held."""
+    from bench import workers as bench_workers
+    from bench.steps import scratch_database
+    from tests.dbproxy import DatabaseProxy
+
+    report = bench_workers.RunReport(workers=workers, kill_every=None, threads=threads)
+    with scratch_database() as (url, _display), bench_workers.open_runner(url) as runner, \
+            DatabaseProxy(url) as proxy:
+        reference = bench_workers.reference_effects(runner)
+        tracked = bench_workers.submit_threads(runner, threads)
+        people = bench_workers.People(runner, tracked)
+        env = bench_workers.worker_env(proxy.url, latency_ms)
+        with bench_workers.worker_processes(env) as procs:
+            for _ in range(workers):
+                procs.start()
+            bench_workers.wait_for_workers(runner, workers)
+            started = time.monotonic()
+            cut_at = restored_at = None
+            try:
+                while True:
+                    statuses = people.statuses()
+                    if statuses["completed"] + statuses["failed"] >= threads:
+                        break
+                    now = time.monotonic()
+                    if now - started > timeout:
+                        report.timed_out = True
+                        break
+                    if cut_at is None and statuses["completed"] >= threads // 5:
+                        proxy.cut()
+                        cut_at = now
+                        say(f"  cut the workers' database at {now - started:.0f} s, {statuses['completed']} done")
+                    elif cut_at is not None and restored_at is None and now - cut_at >= outage_seconds:
+                        proxy.restore()
+                        restored_at = now
+                        say(f"  restored it after {now - cut_at:.0f} s, {statuses['completed']} done")
+                    people.step()
+                    for proc in list(procs.procs):
+                        if proc.poll() is not None:  # a worker must not exit: reported, not replaced
+                            report.problems.append(f"worker pid {proc.pid} exited {proc.returncode}")
+                            procs.procs.remove(proc)
+                    time.sleep(bench_workers.POLL_SECONDS)
+            finally:
+                people.close()
+            report.seconds = time.monotonic() - started
+            alive = len(procs.procs)
+            logs = [path.read_text(errors="replace") for path in procs.logs.values()]
+            report.job_errors = procs.job_errors()
+        if restored_at is None:
+            proxy.restore()
+            report.problems.append("the threads settled before the outage ended" if cut_at else "no outage")
+        said = 0  # workers that said once that they lost the database and once that it was back
+        for n, log in enumerate(logs, 1):
+            notices = [line for line in log.splitlines() if line.startswith((LOST_LINE, BACK_LINE))]
+            lost, back = sum(line.startswith(LOST_LINE) for line in notices), len(notices) - sum(
+                line.startswith(LOST_LINE) for line in notices)
+            said += lost == back == 1
+            if not lost == back <= 1:  # a short outage may pass unnoticed: each loan waited it out
+                report.problems.append(f"worker {n} said {lost} times it lost the database, {back} times it was "
+                                       f"back: {notices}")
+        report.problems += people.unexpected
+        with runner.pool.connection() as conn:
+            bench_workers.check(conn, tracked, reference, report, say)
+    say(f"outage {outage_seconds:g} s under {workers} running workers: {report.completed}/{threads} threads completed "
+        f"in {report.seconds:.0f} s, lost {report.lost}, duplicate effects {report.duplicates}, missing effects "
+        f"{report.missing_effects}, inconsistent event logs {report.inconsistent_events}")
+    say(f"  workers alive throughout {alive}/{workers}, said once they lost the database and once it was back "
+        f"{said}/{workers}; connections refused during the cut {proxy.refused}, runs cut and continued "
+        f"{report.runs_cut}, recovered {report.recovered}, job errors {len(report.job_errors)}")
+    for line in report.problems[:10]:
+        say(f"  problem: {line[:300]}")
+    return report.ok and alive == workers
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=250, help="threads to run, spread over the scenarios")
+    parser.add_argument("--threads", type=int, help="threads to run, spread over the scenarios (default 250; "
+                        "100 with --outage-seconds)")
     parser.add_argument("--kill-rate", type=float, default=0.7, help="share of child processes killed (0..1)")
     parser.add_argument("--parallel", type=int, default=4, help="child processes at once")
     parser.add_argument("--latency-ms", type=int, default=20, help="DURAKIT_SANDBOX_LATENCY_MS for the children")
@@ -381,10 +536,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--terminate-every", type=float, help="end every durakit database session this often (s)")
     parser.add_argument("--restart-every", type=float, help="restart the embedded PostgreSQL this often (s)")
+    parser.add_argument("--freeze-every", type=float, help="freeze a child advancing its thread this often (s), "
+                        "cut only its lock session, and wake it after --freeze-for seconds")
+    parser.add_argument("--freeze-for", type=float, default=4.0, help="seconds a frozen child sleeps")
+    parser.add_argument("--outage-seconds", type=float,
+                        help="instead: cut running workers off the database for this long (see above)")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes, with --outage-seconds")
     args = parser.parse_args(argv)
+    if args.outage_seconds is not None:
+        threads = args.threads or 100
+        print(f"outage soak: {threads} threads over {len(SCENARIOS)} scenarios, {args.workers} workers, "
+              f"an outage of {args.outage_seconds:g} s, sandbox latency {args.latency_ms} ms")
+        ok = outage_soak(threads=threads, workers=args.workers, outage_seconds=args.outage_seconds,
+                         latency_ms=args.latency_ms, timeout=args.timeout)
+        print("OK" if ok else "FAILED")
+        raise SystemExit(0 if ok else 1)
+    args.threads = args.threads or 250
     soak = Soak(threads=args.threads, kill_rate=args.kill_rate, parallel=args.parallel, latency_ms=args.latency_ms,
                 seed=args.seed, timeout=args.timeout, terminate_every=args.terminate_every,
-                restart_every=args.restart_every)
+                restart_every=args.restart_every, freeze_every=args.freeze_every, freeze_for=args.freeze_for)
     print(f"chaos soak: {args.threads} threads over {len(SCENARIOS)} scenarios of the 4 templates, "
           f"kill rate {args.kill_rate}, {args.parallel} at once, sandbox latency {args.latency_ms} ms, seed {args.seed}")
     report = soak.run()

@@ -201,7 +201,7 @@ def measure_approvals(url: str, count: int, poll_interval: float, seed: int) -> 
         procs.start()
         wait_for_workers(runner, 1)
         thread_ids = [runner.submit("refund", refund_setup(runner)[0]).thread_id for _ in range(count)]
-        wait_for(lambda: True if len(runner.pending()) >= count else None, 120, "the refunds to ask", interval=0.2)
+        wait_for(lambda: True if runner.pending().total >= count else None, 120, "the refunds to ask", interval=0.2)
         for thread_id in thread_ids:
             time.sleep(rng.uniform(0.2, 0.6))  # the worker idles, waiting on LISTEN (or its next poll)
             approvals.append(approve_one(runner, thread_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from psycopg import AsyncConnection, Connection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -19,6 +20,10 @@ if TYPE_CHECKING:  # the savers load LangGraph: only commands that run a graph i
     from durakit.checkpointers.saver import AsyncDurakitSaver, DurakitSaver
 
 CONNECT_TIMEOUT_SECONDS = 5
+# psycopg-pool replaces a lost connection with attempts 1, 2, 4, 8, ... s apart, for this
+# long; then the next loan that has to wait starts again from 1 s. Its default (5 minutes)
+# would leave a pool unused for a minute after a 35 s outage, two after a 60 s one.
+RECONNECT_TIMEOUT_SECONDS = 10
 
 # A server that vanished without closing the connection (a failover, a cut network) is
 # noticed within about a minute instead of the kernel's two hours (TCP connections only).
@@ -44,6 +49,19 @@ def connection_kwargs(*, transaction_pooler: bool = False) -> dict[str, Any]:
     }
 
 
+def ping(conn: Connection[Any]) -> None:
+    """The check before each loan: an empty statement, never prepared. psycopg-pool's own
+    check is prepared under a new name at each loan (prepare_threshold=0 prepares every
+    statement at once) and psycopg then forgets the name, an empty query not being
+    cacheable, so the server kept one statement per loan until the connection closed."""
+    conn.execute("", prepare=False)  # durakit's connections are autocommit: no transaction is left open
+
+
+async def ping_async(conn: AsyncConnection[Any]) -> None:
+    """`ping` for async pools."""
+    await conn.execute("", prepare=False)
+
+
 def pool_options(*, max_size: int, transaction_pooler: bool, name: str) -> dict[str, Any]:
     """Pool settings shared by the sync and async pools: connections are recycled when
     idle or old."""
@@ -54,6 +72,7 @@ def pool_options(*, max_size: int, transaction_pooler: bool, name: str) -> dict[
         "max_idle": 300,
         "max_lifetime": 1800,
         "timeout": CONNECT_TIMEOUT_SECONDS * 2,
+        "reconnect_timeout": RECONNECT_TIMEOUT_SECONDS,
         "name": name,
         "open": False,
     }
@@ -69,7 +88,7 @@ def open_pool(
     The runner's saver pool goes without: the ping costs a tenth of a durable step, and a
     run that meets a broken connection reconnects and goes on from its checkpoint."""
     options = pool_options(max_size=max_size, transaction_pooler=transaction_pooler, name=name)
-    pool = ConnectionPool(url, check=ConnectionPool.check_connection if checked else None, **options)
+    pool = ConnectionPool(url, check=ping if checked else None, **options)
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
     return pool
 
@@ -79,7 +98,7 @@ async def open_async_pool(
 ) -> AsyncConnectionPool:
     """An open async pool, same settings as `open_pool`."""
     options = pool_options(max_size=max_size, transaction_pooler=transaction_pooler, name=name)
-    pool = AsyncConnectionPool(url, check=AsyncConnectionPool.check_connection if checked else None, **options)
+    pool = AsyncConnectionPool(url, check=ping_async if checked else None, **options)
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
     return pool
 

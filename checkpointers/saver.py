@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from durakit import faults
 from durakit.checkpointers import sql
+from durakit.lease import LEASE_EPOCH_KEY, lease_lost
 
 PRIMITIVES = (str, int, float, bool)
 
@@ -93,6 +94,7 @@ class _Statements:
                 blobs.append(blob)
         params = {
             "thread_id": thread_id,
+            "lease_epoch": configurable.get(LEASE_EPOCH_KEY),
             "checkpoint_ns": checkpoint_ns,
             "checkpoint_id": checkpoint["id"],
             "parent_checkpoint_id": configurable.get("checkpoint_id"),
@@ -130,9 +132,14 @@ class _Statements:
             channels.append(channel)
             types.append(type_)
             blobs.append(blob)
-        statement = sql.PUT_WRITES_REPLACING if replacing else sql.PUT_WRITES_ONCE
+        fenced = configurable.get(LEASE_EPOCH_KEY) is not None
+        if replacing:
+            statement = sql.PUT_WRITES_REPLACING_FENCED if fenced else sql.PUT_WRITES_REPLACING
+        else:
+            statement = sql.PUT_WRITES_ONCE_FENCED if fenced else sql.PUT_WRITES_ONCE
         params = {
             "thread_id": configurable["thread_id"],
+            "lease_epoch": configurable.get(LEASE_EPOCH_KEY),
             "checkpoint_ns": configurable["checkpoint_ns"],
             "checkpoint_id": configurable["checkpoint_id"],
             "task_id": task_id,
@@ -143,6 +150,16 @@ class _Statements:
             "blobs": blobs,
         }
         return statement, params
+
+
+def _put_statement(params: dict[str, Any]) -> str:
+    return sql.PUT_CHECKPOINT if params["lease_epoch"] is None else sql.PUT_CHECKPOINT_FENCED
+
+
+def _check_fence(params: dict[str, Any], row: DictRow | None) -> None:
+    """A fenced write that matched nothing: another process has the thread now."""
+    if params["lease_epoch"] is not None and not (row and row["held"]):
+        raise lease_lost(params["thread_id"])
 
 
 def _refuse_pipeline(pipe: Any) -> None:
@@ -203,7 +220,8 @@ class DurakitSaver(_Statements, PostgresSaver):
     ) -> RunnableConfig:
         params, next_config = self._put_params(config, checkpoint, metadata, new_versions)
         with self._cursor() as cur:
-            cur.execute(sql.PUT_CHECKPOINT, params)
+            cur.execute(_put_statement(params), params)
+            _check_fence(params, cur.fetchone() if cur.description else None)
         return next_config
 
     def put_writes(
@@ -212,6 +230,7 @@ class DurakitSaver(_Statements, PostgresSaver):
         statement, params = self._put_writes_params(config, writes, task_id, task_path)
         with self._cursor() as cur:
             cur.execute(statement, params)
+            _check_fence(params, cur.fetchone() if cur.description else None)
         faults.maybe_kill(task_path.rpartition(", ")[2], "after_writes")
 
     def delete_thread(self, thread_id: str) -> None:
@@ -299,7 +318,8 @@ class AsyncDurakitSaver(_Statements, AsyncPostgresSaver):
     ) -> RunnableConfig:
         params, next_config = self._put_params(config, checkpoint, metadata, new_versions)
         async with self._cursor() as cur:
-            await cur.execute(sql.PUT_CHECKPOINT, params)
+            await cur.execute(_put_statement(params), params)
+            _check_fence(params, await cur.fetchone() if cur.description else None)
         return next_config
 
     async def aput_writes(
@@ -308,6 +328,8 @@ class AsyncDurakitSaver(_Statements, AsyncPostgresSaver):
         statement, params = self._put_writes_params(config, writes, task_id, task_path)
         async with self._cursor() as cur:
             await cur.execute(statement, params)
+            _check_fence(params, await cur.fetchone() if cur.description else None)
+        faults.maybe_kill(task_path.rpartition(", ")[2], "after_writes")
 
     async def adelete_thread(self, thread_id: str) -> None:
         async with self._transaction() as cur:

@@ -9,21 +9,37 @@ each its own transaction, so a durable step is two round trips and two commits.
 
 from __future__ import annotations
 
+from durakit.lease import FENCE_CTE
+
 # One statement, one commit: the new blobs (unnest of parallel arrays) and the
 # checkpoint row that references them. A data-modifying CTE runs even though the
 # outer INSERT does not read it.
-PUT_CHECKPOINT = """
-WITH new_blobs AS (
+_NEW_BLOBS = """
     INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
     SELECT %(thread_id)s, %(checkpoint_ns)s, b.channel, b.version, b.type, b.blob
     FROM unnest(%(channels)s::text[], %(versions)s::text[], %(types)s::text[], %(blobs)s::bytea[])
         AS b(channel, version, type, blob)
+    {guard}
     ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
-)
-INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
-VALUES (%(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(parent_checkpoint_id)s, %(checkpoint)s, %(metadata)s)
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
-DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+"""
+_CHECKPOINT_ROW = """
+    INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
+    SELECT %(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(parent_checkpoint_id)s, %(checkpoint)s, %(metadata)s
+    {guard}
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
+    DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+"""
+PUT_CHECKPOINT = f"WITH new_blobs AS ({_NEW_BLOBS.format(guard='')}) {_CHECKPOINT_ROW.format(guard='')}"
+
+# A run's writes carry its lease generation (`durakit.lease`): fenced, the same
+# statement writes nothing once another process has taken the thread, and says so
+# (`held`), so the stale process stops instead of saving a step over the new owner's.
+_GUARD = "WHERE EXISTS (SELECT 1 FROM fence)"
+PUT_CHECKPOINT_FENCED = f"""
+WITH {FENCE_CTE},
+new_blobs AS ({_NEW_BLOBS.format(guard=_GUARD)}),
+saved AS ({_CHECKPOINT_ROW.format(guard=_GUARD)})
+SELECT EXISTS (SELECT 1 FROM fence) AS held
 """
 
 _PUT_WRITES = """
@@ -33,15 +49,24 @@ SELECT %(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(task_id)s, %(task_
        w.idx, w.channel, w.type, w.blob
 FROM unnest(%(idxs)s::int[], %(channels)s::text[], %(types)s::text[], %(blobs)s::bytea[])
     AS w(idx, channel, type, blob)
+{guard}
 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
 """
 
 # Special writes (errors, interrupts, resume values) replace what a task saved
 # before under the same index; ordinary writes are saved once, as in stock.
-PUT_WRITES_REPLACING = (
-    _PUT_WRITES + "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
-)
-PUT_WRITES_ONCE = _PUT_WRITES + "DO NOTHING"
+_REPLACING = "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
+_ONCE = "DO NOTHING"
+PUT_WRITES_REPLACING = _PUT_WRITES.format(guard="") + _REPLACING
+PUT_WRITES_ONCE = _PUT_WRITES.format(guard="") + _ONCE
+
+
+def _fenced_writes(conflict: str) -> str:
+    return f"WITH {FENCE_CTE}, saved AS ({_PUT_WRITES.format(guard=_GUARD)}{conflict}) SELECT EXISTS (SELECT 1 FROM fence) AS held"
+
+
+PUT_WRITES_REPLACING_FENCED = _fenced_writes(_REPLACING)
+PUT_WRITES_ONCE_FENCED = _fenced_writes(_ONCE)
 
 DELETE_THREAD = (
     "DELETE FROM checkpoints WHERE thread_id = %(thread_id)s",

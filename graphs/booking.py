@@ -78,6 +78,7 @@ def await_choice(state: BookingState, runtime: Context) -> dict[str, Any]:
         f"Which of these slots does {state['customer_email']} want?",
         [*state["alternatives"], NONE_OF_THESE],
         SlotChoice,
+        question_id=f"choice:{state['rounds']}",
         requested_slot=state["requested_slot"],
     )
     if choice.decision == NONE_OF_THESE:

@@ -11,7 +11,7 @@ An offer worth more than the configured limit waits for a supervisor; a rejected
 is cut down to the limit, not dropped, and so is one no supervisor answers within the
 deadline. After the outcome the thread sleeps 30 days, then checks on the account (still
 with us? gone after all?) and logs what it found. A model's unusable offer falls back to the rules
-engine; the supervisor limit applies to either.
+engine, and so does a model that stays unavailable; the supervisor limit applies to either.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from durakit.judgement import Account, RetentionOffer, offer_value
+from durakit.questions import answer_command
 from durakit.services import Services
 from durakit.state.cancellation_save import (
     CancellationRequest,
@@ -36,6 +37,9 @@ from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, sleep_until, ste
 from durakit.templates import Template, money
 
 Context = Runtime[Services[CancellationSettings]]
+
+# The supervisor's question, as its email names it before it is asked.
+SUPERVISOR_QUESTION = "supervisor"
 
 
 def describe(offer: RetentionOffer) -> str:
@@ -69,6 +73,7 @@ def compute_offer(state: CancellationState, runtime: Context) -> dict[str, Any]:
         {"account": account, "usage": usage, "reason": state["reason"]},
         lambda judgement: judgement.retention_offer(account, usage),
         if_malformed="rules",
+        if_unavailable="rules",
     )
     return {"offer": offer, "needs_approval": offer["value_cents"] > runtime.context.settings.approval_above_cents}
 
@@ -79,7 +84,7 @@ def request_supervisor_approval(state: CancellationState, runtime: Context) -> d
         to=runtime.context.settings.supervisors_inbox,
         subject=f"Retention offer needs approval: account {state['account_id']}",
         body=f"Offer {describe(state['offer'])} ({state['offer']['rationale']}). "
-        f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
+        f"Answer with: {answer_command(runtime.context.thread_id, SUPERVISOR_QUESTION, 'approve|reject')}",
     )
     return {"approval_request": sent}
 
@@ -90,6 +95,7 @@ def await_supervisor(state: CancellationState, runtime: Context) -> dict[str, An
         f"Offer {describe(state['offer'])} to keep account {state['account_id']}?",
         ["approve", "reject"],
         SupervisorAnswer,
+        question_id=SUPERVISOR_QUESTION,
         deadline=Deadline(
             "supervisor_deadline", datetime.now(UTC) + timedelta(hours=hours), "reject",
             note=f"no supervisor answered within {hours} hours",
@@ -119,6 +125,7 @@ def await_customer(state: CancellationState, runtime: Context) -> dict[str, Any]
         f"Did {state['account']['customer_email']} accept {describe(state['offer'])}?",
         ["accepted", "declined"],
         CustomerAnswer,
+        question_id="customer",
         account_id=state["account_id"],
     )
     return {"customer": answer.model_dump()}

@@ -7,8 +7,8 @@ r"""Escalation: hand a conversation to a human agent, and make sure somebody tak
                                                        mark_accepted -> notify_customer
 
 The summary and priority come from judgement (rules or a model). If a model's answer is
-unusable, the case goes to the triage queue for a person to read, rather than being
-prioritised by a guess. While the ticket is unaccepted, a timer reminds its queue every
+unusable, or the model stays unavailable, the case goes to the triage queue for a person
+to read, rather than being prioritised by a guess. While the ticket is unaccepted, a timer reminds its queue every
 48 hours (counted from the assignment); accepting or reassigning cancels it.
 """
 
@@ -50,7 +50,8 @@ def summarize(state: EscalationState, runtime: Context) -> dict[str, Any]:
         "history": state["history"],
     }
     summary = runtime.context.judge(
-        "summarize", conversation, lambda judgement: judgement.summarize_conversation(conversation), if_malformed="human"
+        "summarize", conversation, lambda judgement: judgement.summarize_conversation(conversation),
+        if_malformed="human", if_unavailable="human",
     )
     if summary is None:
         summary = {"summary": f"Needs triage: {state['subject']}", "priority": "normal", "summarized_by": "nobody"}
@@ -95,6 +96,7 @@ def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
         f"{state['summary']['summary']}",
         [ACCEPT, *(REASSIGN + queue for queue in other_queues)],
         AgentAnswer,
+        question_id=f"agent:{state['round']}:{state.get('reminders', 0) + 1}",
         deadline=Deadline(
             f"reminder:{state['round']}:{state.get('reminders', 0) + 1}",
             next_reminder(state, runtime.context.settings.reminder_hours),

@@ -23,6 +23,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from durakit.questions import answer_command
 from durakit.services import Services
 from durakit.state.refund import (
     ApprovalAnswer,
@@ -61,16 +62,23 @@ def check_eligibility(state: RefundState, runtime: Context) -> dict[str, Any]:
     if reasons:
         return {"eligibility": {"eligible": False, "reasons": reasons}, "route": "ineligible", "outcome": "ineligible"}
 
-    # A model's unusable answer falls back to the rules: refunds are small, rules are safe.
+    # A model's unusable answer, or a model that stays away, falls back to the rules:
+    # refunds are small, rules are safe.
     risk = runtime.context.judge(
         "check_eligibility",
         {"order": order, "amount_cents": state["amount_cents"], "reason": state["reason"]},
         lambda judgement: judgement.assess_refund_risk(order, state["amount_cents"], state["reason"]),
         if_malformed="rules",
+        if_unavailable="rules",
     )
     small = state["amount_cents"] <= settings.auto_approve_limit * 100
     route = "auto_approve" if small and risk["risk"] == "low" else "needs_approval"
     return {"eligibility": {"eligible": True, "reasons": []}, "risk": risk, "route": route}
+
+
+def approval_question(round_: int) -> str:
+    """The id of a round's approval question, which its email names before it is asked."""
+    return f"approval:{round_}"
 
 
 def request_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
@@ -81,7 +89,7 @@ def request_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
         to=runtime.context.settings.approvals_inbox,
         subject=f"Refund approval needed: {amount} on order {state['order_id']}",
         body=f"Risk {risk['risk']} ({'; '.join(risk['reasons']) or 'no flags'}). "
-        f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
+        f"Answer with: {answer_command(runtime.context.thread_id, approval_question(1), 'approve|reject')}",
     )
     return {"approval_request": sent}
 
@@ -94,6 +102,7 @@ def await_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
         f"Refund {money(state['amount_cents'], order['currency'])} on order {state['order_id']}?",
         ["approve", "reject"],
         ApprovalAnswer,
+        question_id=approval_question(round_),
         deadline=Deadline(
             f"approval_deadline:{round_}",
             datetime.now(UTC) + timedelta(hours=hours),
@@ -120,7 +129,7 @@ def escalate_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
         subject=f"Unanswered refund approval: {money(state['amount_cents'], order['currency'])} "
         f"on order {state['order_id']}",
         body=f"Nobody answered within {runtime.context.settings.approval_deadline_hours} hours. "
-        f"Answer with: durakit approve {runtime.context.thread_id} --decision approve|reject",
+        f"Answer with: {answer_command(runtime.context.thread_id, approval_question(2), 'approve|reject')}",
     )
     return {"escalation": sent, "approval_round": 2}
 

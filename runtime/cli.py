@@ -62,10 +62,13 @@ def finish(view, as_json: bool) -> None:
     else:
         output.show_thread(view)
     if view.status == "failed":
-        raise RunFailed(
-            f"Thread {view.thread_id} failed at {view.error_node or 'start'} ({view.error}); "
-            f"fix the cause and run `durakit resume {view.thread_id}`."
-        )
+        then = f"fix the cause and run `durakit resume {view.thread_id}`."
+        if view.retry_at:
+            then = (f"a worker retries it at {view.retry_at} (automatic retry {view.auto_retries} of "
+                    f"{view.retry_limit}), or `durakit resume {view.thread_id}` retries it now.")
+        elif view.retries_exhausted:
+            then = f"its {view.auto_retries} automatic retries are used up; fix the cause and run `durakit resume {view.thread_id}`."
+        raise RunFailed(f"Thread {view.thread_id} failed at {view.error_node or 'start'} ({view.error}); {then}")
 
 
 @app.command()
@@ -149,6 +152,7 @@ def worker(
         Worker(
             runner, concurrency=concurrency, metrics_port=metrics_port, poll_interval=poll_interval,
             stalled_after=stalled_after, burst=burst, on_job=lambda outcome: print(describe(outcome), flush=True),
+            on_notice=lambda text: print(text, flush=True),
         ).run()
         print("durakit worker stopped.", flush=True)
 
@@ -174,17 +178,48 @@ def stats(as_json: JsonFlag = False) -> None:
     output.print_json(found) if as_json else output.show_stats(found)
 
 
+# The most a request may be, from --input or --input-file: real requests are a few KB, and
+# reading stops here, so /dev/zero or a huge file costs a megabyte, not the machine's memory.
+MAX_INPUT_BYTES = 1_000_000
+
+
 def read_input(input_json: str | None, input_file: Path | None) -> str:
     if (input_json is None) == (input_file is None):
         raise InvalidInput("Give the request with exactly one of --input JSON or --input-file PATH.")
     if input_json is not None:
+        if len(input_json) > MAX_INPUT_BYTES or len(input_json.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
+            raise too_large("--input")
         return input_json
     if str(input_file) == "-":
-        return sys.stdin.read()
+        if sys.stdin is None:
+            raise InvalidInput("--input-file - reads the request from stdin, but stdin is closed.")
+        return read_bounded(getattr(sys.stdin, "buffer", sys.stdin), "stdin")  # a text stream in tests
     try:
-        return input_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        with input_file.open("rb") as handle:
+            return read_bounded(handle, f"the input file {input_file}")
+    except OSError as exc:
         raise InvalidInput(f"Cannot read the input file {input_file} ({exc.__class__.__name__}).") from None
+
+
+def read_bounded(stream, source: str) -> str:
+    """`stream` as text, reading no more than one byte past MAX_INPUT_BYTES: a longer
+    request is refused without reading the rest."""
+    try:
+        data = stream.read(MAX_INPUT_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+        raise InvalidInput(f"Cannot read the request from {source} ({exc.__class__.__name__}).") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise too_large(source)
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"The request from {source} is not UTF-8 text.") from None
+
+
+def too_large(source: str) -> InvalidInput:
+    return InvalidInput(f"The request from {source} is larger than {MAX_INPUT_BYTES:,} bytes, the most durakit reads.")
 
 
 @app.command()
@@ -201,6 +236,11 @@ def resume(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
 def approve(
     thread_id: ThreadArg,
     decision: Annotated[str, typer.Option("--decision", help="The answer, one of those the question allows (e.g. approve, reject).")],
+    question: Annotated[
+        str | None, typer.Option("--question", metavar="QUESTION_ID", help="The question answered, as the approval "
+                                 "email or `durakit pending` names it: refused (exit 4) if another question is pending "
+                                 "by now. Default: the question pending now.")
+    ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who decides (default: your user name).")] = None,
     note: Annotated[str | None, typer.Option("--note", help="A note kept with the decision.")] = None,
     wait: Annotated[
@@ -211,14 +251,23 @@ def approve(
 ) -> None:
     """Answer the question a waiting thread asks, and run the thread on from there.
 
+    With --question, the answer is for that question only: once its deadline has passed or
+    another question is pending, it is refused and nothing is recorded. Without it, the
+    question pending now is answered; the output says which (`answered` in --json).
+
     A thread started with `durakit submit` is run on by a worker: the answer is recorded,
     the run queued, and this returns at once (unless --wait).
 
-    Example: durakit approve refund-T-1001 --decision approve --by dana --note "loyal customer"
+    Example: durakit approve refund-T-1001 --question approval:1 --decision approve --by dana --note "loyal customer"
     """
+    from durakit import output
+
     with open_runner() as runner:
         by = getpass.getuser() if by is None else by  # an explicit empty --by is refused, not replaced
-        finish(runner.approve(thread_id, decision, by=by, note=note, wait=wait), as_json)
+        view = runner.approve(thread_id, decision, by=by, note=note, wait=wait, question=question)
+    if not as_json:
+        output.show_answered(view.extra["answered"])
+    finish(view, as_json)
 
 
 @app.command()
@@ -241,33 +290,47 @@ def history(thread_id: ThreadArg, as_json: JsonFlag = False) -> None:
     output.print_json(view.to_dict()) if as_json else output.show_history(view)
 
 
+# The default page is Runner.PAGE_SIZE (runner is imported only when a command runs).
+LimitOption = Annotated[
+    int, typer.Option("--limit", metavar="N", help="Show at most N threads (1 to 1000; default 100).")
+]
+OffsetOption = Annotated[
+    int, typer.Option("--offset", metavar="N", help="Skip the first N threads, to see the next page.")
+]
+
+
 @app.command()
 def threads(
     status_filter: Annotated[
         str | None, typer.Option("--status", help="Only threads in this status: running, waiting, completed or failed.")
     ] = None,
     template: Annotated[str | None, typer.Option("--template", help="Only threads of this template.")] = None,
+    limit: LimitOption = 100,
+    offset: OffsetOption = 0,
     as_json: JsonFlag = False,
 ) -> None:
-    """List threads, newest first. `--status failed` is the dead-letter view."""
+    """List threads, newest first, a page at a time. `--status failed` is the dead-letter view."""
     with open_runner() as runner:
-        show_threads(runner.threads(status=status_filter, template=template), as_json, empty="No threads match.")
+        page = runner.threads(status=status_filter, template=template, limit=limit, offset=offset)
+    show_threads(page, as_json, empty="No threads match.")
 
 
 @app.command()
-def pending(as_json: JsonFlag = False) -> None:
-    """List threads waiting for a person, with the question each one asks."""
+def pending(limit: LimitOption = 100, offset: OffsetOption = 0, as_json: JsonFlag = False) -> None:
+    """List threads waiting for a person, with the question each one asks, oldest first
+    (those nearest their deadlines), a page at a time."""
     with open_runner() as runner:
-        show_threads(runner.pending(), as_json, empty="Nothing is waiting for a decision.")
+        page = runner.pending(limit=limit, offset=offset)
+    show_threads(page, as_json, empty="Nothing is waiting for a decision.")
 
 
-def show_threads(views, as_json: bool, *, empty: str) -> None:
+def show_threads(page, as_json: bool, *, empty: str) -> None:
     from durakit import output
 
     if as_json:
-        output.print_json({"threads": [view.to_dict() for view in views]})
+        output.print_json(page.to_dict())
     else:
-        output.show_threads(views, empty=empty)
+        output.show_threads(page, empty=empty)
 
 
 @app.command()

@@ -25,13 +25,25 @@ from durakit.settings import KitSettings
 
 # Alembic revisions in order; the last is the head this code needs. A test checks it
 # against the migration scripts, so this module never has to import alembic.
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 # LangGraph checkpoint migrations revision 0001 records (PostgresSaver.MIGRATIONS of the
 # pinned langgraph-checkpoint-postgres; a test checks it), so that reading the tables
 # never has to import LangGraph.
 CHECKPOINT_MIGRATIONS = 10
 CONNECT_TIMEOUT_SECONDS = 5
+# The tables the head revision promises and durakit reads or writes: its own, LangGraph's
+# checkpoints, procrastinate's queue. (The sandbox's tables are the demo adapters'.) A
+# test checks the list against what the migrations create.
+SCHEMA_TABLES = (
+    "durakit_threads", "durakit_effects", "durakit_decisions", "durakit_events", "durakit_timers",
+    "checkpoint_migrations", "checkpoints", "checkpoint_blobs", "checkpoint_writes",
+    "procrastinate_jobs", "procrastinate_events", "procrastinate_periodic_defers", "procrastinate_workers",
+)
+MISSING_TABLES_SQL = """
+SELECT name FROM unnest(%s::text[]) WITH ORDINALITY AS promised(name, position)
+WHERE to_regclass(name) IS NULL ORDER BY position
+"""
 
 
 @dataclass(frozen=True)
@@ -182,12 +194,19 @@ def _revision(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
+# The databases this process found current: checked once, not at every Runner.open.
+_current: set[str] = set()
+
+
 def ensure_schema(database: Database) -> None:
-    """Refuse to work on a schema that is behind; migrate the embedded database instead."""
+    """Refuse to work on a schema that is behind or damaged; migrate the embedded database
+    instead. Checked once per process and database."""
+    if database.url in _current:
+        return
     with connect(database.url, autocommit=True) as conn:
         revision = _revision(conn)
         if revision == SCHEMA_HEAD:
-            check_checkpoint_migrations(conn, database)
+            check_schema_whole(conn, database)
             return
     if revision is not None and revision not in SCHEMA_REVISIONS:
         raise DatabaseUnavailable(
@@ -196,12 +215,34 @@ def ensure_schema(database: Database) -> None:
         )
     if database.embedded:
         upgrade(database.url)
+        with connect(database.url, autocommit=True) as conn:
+            check_schema_whole(conn, database)
         return
     found = "no durakit schema" if revision is None else f"schema revision {revision}"
     raise SchemaBehind(
         f"The database at {database.display} has {found} but durakit needs {SCHEMA_HEAD}; "
         "run `durakit db upgrade`."
     )
+
+
+def check_schema_whole(conn: psycopg.Connection, database: Database) -> None:
+    """At the head revision, the schema must also hold what that revision promises."""
+    check_tables(conn, database)
+    check_checkpoint_migrations(conn, database)
+    _current.add(database.url)
+
+
+def check_tables(conn: psycopg.Connection, database: Database) -> None:
+    """Every table of SCHEMA_TABLES must exist: alembic records only the revision, so a
+    table dropped since would otherwise be found midway through a run, after its effects."""
+    missing = [row[0] for row in conn.execute(MISSING_TABLES_SQL, (list(SCHEMA_TABLES),)).fetchall()]
+    if missing:
+        others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatabaseUnavailable(
+            f"The database at {database.display} is at schema revision {SCHEMA_HEAD} but has no table "
+            f"{missing[0]}{others}; restore it from a backup, as `durakit db upgrade` does not recreate "
+            "the tables of a revision already applied."
+        )
 
 
 def check_checkpoint_migrations(conn: psycopg.Connection, database: Database) -> None:
@@ -231,9 +272,15 @@ def check_installed_saver() -> None:
 
 def migrations_dir() -> Path:
     spec = importlib.util.find_spec("durakit.migrations")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("durakit's migrations are not installed with the package.")
-    return Path(next(iter(spec.submodule_search_locations)))
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    # An editable install (`pip install -e .`) runs from the checkout, where the migrations
+    # are its top-level alembic/ folder: a namespace package that setuptools' editable
+    # finder does not resolve under a package-dir mapping.
+    checkout = Path(__file__).resolve().parent.parent / "alembic"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise RuntimeError("durakit's migrations are not installed with the package.")
 
 
 def alembic_config(url: str):  # -> alembic.config.Config, imported lazily (slow import)

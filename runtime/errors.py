@@ -35,6 +35,11 @@ class ThreadBusy(Conflict):
     """Another process is advancing this thread right now."""
 
 
+class LeaseLost(Conflict):
+    """This process no longer holds the thread: its lock session ended, or another process
+    took the thread over (its lease generation moved on). The run must stop writing."""
+
+
 class DatabaseUnavailable(DurakitError):
     """The database cannot be reached, or its schema is not the one this durakit needs."""
 

@@ -4,7 +4,7 @@ durakit's own transactions.
 Two kinds of job exist:
 
 - `advance`: carry a thread on from its checkpoint (a submitted run, a queued answer, a
-  run whose worker died). Locked on the thread id, so procrastinate never hands two of
+  run whose worker died; scheduled later: the automatic retry of a failed thread). Locked on the thread id, so procrastinate never hands two of
   one thread to workers at once; at most one waits per thread (its queueing lock).
 - `fire_timer`: wake a thread whose timer is due; scheduled at the timer's due time. Not
   locked in procrastinate, which runs the jobs of one lock in the order they were queued,
@@ -39,7 +39,8 @@ RESCHEDULE_SQL = "UPDATE procrastinate_jobs SET scheduled_at = %s WHERE id = %s 
 CANCEL_SQL = "SELECT procrastinate_cancel_job_v1(%s, false, true)"
 
 # Jobs left `doing` by a worker whose heartbeat stopped (killed, frozen, cut off): handed
-# back to the queue. Locked rows are skipped, and a job that a live worker took meanwhile
+# back to the queue. (A frozen or cut-off worker still holds its threads' locks until its
+# sessions end; the handed-back job retries until then.) Locked rows are skipped, and a job that a live worker took meanwhile
 # no longer matches when its row is locked, so two sweeping workers never hand one back twice.
 STALLED_SQL = """
 SELECT id, task_name, lock, args FROM procrastinate_jobs
@@ -58,6 +59,17 @@ SELECT pg_notify('procrastinate_queue_v1#{QUEUE}', json_build_object('type', 'jo
 """
 ABANDON_SQL = "SELECT procrastinate_finish_job_v1(%s, 'aborted', false)"
 
+# A thread's queued run, moved to when its automatic retry is due (a run can be queued
+# already: procrastinate keeps one per thread), or cancelled when a person resumes it now.
+MOVE_QUEUED_RUN_SQL = f"""
+UPDATE procrastinate_jobs SET scheduled_at = %s
+WHERE queueing_lock = %s AND status = 'todo' AND task_name = '{ADVANCE}'
+"""
+CANCEL_RETRY_SQL = f"""
+SELECT procrastinate_cancel_job_v1(id, false, true) FROM procrastinate_jobs
+WHERE queueing_lock = %s AND status = 'todo' AND task_name = '{ADVANCE}' AND args->>'kind' = %s
+"""
+
 # What is due now and later, for `durakit stats` and the worker's metrics.
 QUEUE_DEPTH_SQL = """
 SELECT count(*) FILTER (WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())) AS ready,
@@ -74,6 +86,21 @@ def defer_advance(conn: Connection, thread_id: str, kind: str) -> int | None:
             return _defer(conn, ADVANCE, thread_id, {"thread_id": thread_id, "kind": kind}, queueing_lock=thread_id)
     except psycopg.errors.UniqueViolation:
         return None
+
+
+def defer_retry(conn: Connection, thread_id: str, kind: str, at: datetime) -> None:
+    """Queue a run of a failed thread for `at` (a worker's automatic retry)."""
+    try:
+        with conn.transaction():
+            _defer(conn, ADVANCE, thread_id, {"thread_id": thread_id, "kind": kind}, queueing_lock=thread_id,
+                   scheduled_at=at)
+    except psycopg.errors.UniqueViolation:
+        conn.execute(MOVE_QUEUED_RUN_SQL, (at, thread_id))
+
+
+def cancel_retry(conn: Connection, thread_id: str, kind: str) -> None:
+    """Cancel the queued automatic retry of a thread, if one waits (`kind`: its run's kind)."""
+    conn.execute(CANCEL_RETRY_SQL, (thread_id, kind))
 
 
 def defer_timer(conn: Connection, thread_id: str, name: str, due_at: datetime) -> int:

@@ -21,10 +21,14 @@ from psycopg_pool import ConnectionPool
 
 from durakit import faults
 from durakit.encryption import open_json, seal_json
+from durakit.lease import FENCE_CTE, Lease, lease_lost
 
-START_SQL = """
+# Every write of the ledger is fenced by the run's lease (`durakit.lease`): a process
+# that lost the thread to another records nothing.
+START_SQL = f"""
+WITH {FENCE_CTE}
 INSERT INTO durakit_effects (thread_id, step_key, system, idempotency_key, request, status)
-VALUES (%(thread_id)s, %(step)s, %(system)s, %(key)s, %(request)s, 'started')
+SELECT %(thread_id)s, %(step)s, %(system)s, %(key)s, %(request)s, 'started' WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (thread_id, step_key) DO UPDATE
     SET calls = durakit_effects.calls + (durakit_effects.status = 'started')::int
 RETURNING step_key, idempotency_key, status, request, result, inherited_from
@@ -32,17 +36,20 @@ RETURNING step_key, idempotency_key, status, request, result, inherited_from
 
 # A fork reached an inherited step with another request than its source made: the
 # step is a new effect of the fork, under a key of its own.
-DIVERGE_SQL = """
+DIVERGE_SQL = f"""
+WITH {FENCE_CTE}
 UPDATE durakit_effects
 SET system = %(system)s, idempotency_key = %(key)s, request = %(request)s, status = 'started', result = NULL,
     calls = 1, inherited_from = NULL, started_at = now(), completed_at = NULL
 WHERE thread_id = %(thread_id)s AND step_key = %(step)s AND inherited_from IS NOT NULL
+  AND EXISTS (SELECT 1 FROM fence)
 RETURNING step_key, idempotency_key, status, request, result, inherited_from
 """
 
-FINISH_SQL = """
+FINISH_SQL = f"""
+WITH {FENCE_CTE}
 UPDATE durakit_effects SET status = 'done', result = %(result)s, completed_at = now()
-WHERE thread_id = %(thread_id)s AND step_key = %(step)s
+WHERE thread_id = %(thread_id)s AND step_key = %(step)s AND EXISTS (SELECT 1 FROM fence)
 """
 
 THREAD_EFFECTS_SQL = """
@@ -77,9 +84,10 @@ def idempotency_key(thread_id: str, step: str) -> str:
 class EffectLedger:
     """The ledger for one thread, handed to its nodes through the run's context."""
 
-    def __init__(self, pool: ConnectionPool, thread_id: str, ensure_held: Callable[[], None]) -> None:
+    def __init__(self, pool: ConnectionPool, lease: Lease, ensure_held: Callable[[], None]) -> None:
         self.pool = pool
-        self.thread_id = thread_id
+        self.lease = lease
+        self.thread_id = lease.thread_id
         self.ensure_held = ensure_held  # raises if this process lost the thread's lock
 
     def apply(
@@ -97,7 +105,7 @@ class EffectLedger:
         `step` names the effect within the thread (usually the node's name); `node` is
         the node for DURAKIT_FAULT's `after_effect` point (default: `step`).
         """
-        params = {"thread_id": self.thread_id, "step": step}
+        params = {**self.lease.params, "step": step}
         start = {
             **params,
             "system": system,
@@ -105,9 +113,9 @@ class EffectLedger:
             "request": _sealed(request, "request", self.thread_id, step),
         }
         with self.pool.connection() as conn:
-            recorded = _opened(conn.execute(START_SQL, start).fetchone(), self.thread_id)
+            recorded = self._fenced(conn.execute(START_SQL, start).fetchone())
             if recorded["inherited_from"] is not None and recorded["request"] != request:
-                recorded = _opened(conn.execute(DIVERGE_SQL, start).fetchone(), self.thread_id)
+                recorded = self._fenced(conn.execute(DIVERGE_SQL, start).fetchone())
         if recorded["status"] == "done":
             return recorded["result"]
         if recorded["request"] != request:
@@ -120,8 +128,15 @@ class EffectLedger:
         result = call(recorded["idempotency_key"])
         faults.maybe_kill(node or step, "after_effect")
         with self.pool.connection() as conn:
-            conn.execute(FINISH_SQL, {**params, "result": _sealed(result, "result", self.thread_id, step)})
+            finished = conn.execute(FINISH_SQL, {**params, "result": _sealed(result, "result", self.thread_id, step)})
+        if not finished.rowcount:
+            raise lease_lost(self.thread_id)
         return result
+
+    def _fenced(self, row: dict[str, Any] | None) -> dict[str, Any]:
+        if row is None:
+            raise lease_lost(self.thread_id)
+        return _opened(row, self.thread_id)
 
 
 INHERITED_SQL = """

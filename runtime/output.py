@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from durakit.questions import answer_command
+
 if TYPE_CHECKING:
     from durakit.retention import PruneReport
-    from durakit.runner import RecoveryReport, ThreadView
+    from durakit.runner import RecoveryReport, ThreadPage, ThreadView
 
 # Piped output is not cut to 80 columns: ids and questions stay whole in logs and pagers.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -45,7 +47,7 @@ def show_thread(view: ThreadView) -> None:
     console.print(status_line(view))
     if view.superseded_by:
         console.print(f"  forked into {view.superseded_by}, which alone goes on", markup=False)
-    if view.queued:
+    if view.queued and not view.retry_at:
         console.print("  queued for a worker (`durakit worker` runs it)")
     if view.interrupt and not view.interrupt.get("decisions"):
         console.print(f"  sleeping at {plain(view.interrupt.get('node'))} until {view.interrupt.get('wakes_at')} "
@@ -54,18 +56,31 @@ def show_thread(view: ThreadView) -> None:
         console.print(f"  waiting at {plain(view.interrupt.get('node'))} for: {plain(view.interrupt.get('question'))}")
         if view.interrupt.get("on_deadline"):
             console.print(f"  deadline {view.interrupt.get('wakes_at')}: then {plain(view.interrupt['on_deadline'])}")
-        console.print(f"  answer with: durakit approve {view.thread_id} --decision "
-                      f"{plain('|'.join(view.interrupt.get('decisions') or []))} --by NAME")
+        command = answer_command(view.thread_id, view.question_id, "|".join(view.interrupt.get("decisions") or []))
+        console.print(f"  answer with: {plain(command)} --by NAME")
     if view.result:
         console.print("  result: " + plain(", ".join(
             f"{key}={value}" for key, value in view.result.items() if value not in (None, []))))
     if view.error:
         console.print(f"  error at {view.error_node or 'start'}: {plain(view.error)}")
-        console.print(f"  after fixing the cause: durakit resume {view.thread_id}")
+        if view.retry_at:
+            console.print(f"  next retry at {view.retry_at} (automatic retry {view.auto_retries} of {view.retry_limit}, "
+                          f"by a worker); to retry now: durakit resume {view.thread_id}")
+        elif view.retries_exhausted:
+            console.print(f"  no automatic retry left ({view.auto_retries} of {view.retry_limit} made); "
+                          f"after fixing the cause: durakit resume {view.thread_id}")
+        else:
+            console.print(f"  after fixing the cause: durakit resume {view.thread_id}")
     if view.effects:
         console.print(effects_table(view.effects))
     for timer in view.timers or []:
         console.print(f"  timer {plain(timer['name'])}: due {timer['due_at']} ({timer['status']})")
+
+
+def show_answered(answered: dict[str, Any]) -> None:
+    """Which question an answer went to: the one named, or the one pending at the time."""
+    console.print(f"answered question {plain(answered['question_id'])} ({plain(answered['question'])}) at "
+                  f"{plain(answered['node'])}: {plain(answered['decision'])}")
 
 
 def effects_table(effects: list[dict[str, Any]]) -> Table:
@@ -114,9 +129,11 @@ def show_history(view: ThreadView) -> None:
     console.print(table)
 
 
-def show_threads(views: list[ThreadView], *, empty: str) -> None:
+def show_threads(page: ThreadPage, *, empty: str) -> None:
+    views = page.threads
     if not views:
-        console.print(empty)
+        console.print(empty if page.total == 0 else
+                      f"No threads from --offset {page.offset:,}: {page.total:,} match in all.", markup=False)
         return
     table = Table()
     # Thread ids are copied into the next command: never shorten them.
@@ -127,12 +144,21 @@ def show_threads(views: list[ThreadView], *, empty: str) -> None:
     table.add_column("next wake (UTC)", no_wrap=True)
     table.add_column("waiting for / error", overflow="fold")
     for view in views:
-        status = view.status + (" (stale)" if view.stale else "") + (" (queued)" if view.queued else "")
+        status = view.status + (" (stale)" if view.stale else "") + (" (queued)" if view.queued and not view.retry_at else "")
         status += " (forked)" if view.superseded_by else ""
+        status += f" (retry at {short_time(view.retry_at)})" if view.retry_at else ""
         note = (view.interrupt or {}).get("question") or view.error or ""
         table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at),
                       short_time(view.next_wake), plain(note))
     console.print(table)
+    console.print(page_line(page), markup=False)
+
+
+def page_line(page: ThreadPage) -> str:
+    """How many of how many a listing shows, and how to see the rest."""
+    shown, after = len(page.threads), page.offset + len(page.threads)
+    line = f"showing {shown:,} of {page.total:,}" + (f" from --offset {page.offset:,}" if page.offset else "")
+    return line + (f"; --offset {after} for more." if after < page.total else ".")
 
 
 def show_timers(timers: list[dict[str, Any]]) -> None:
@@ -155,7 +181,7 @@ def show_stats(figures: dict[str, Any]) -> None:
         return "-" if value is None else f"{value * 100:.1f}%"
 
     table = Table(title="templates", title_justify="left")
-    counts = ("threads", "completed", "sleeping", "waiting", "running", "failed")
+    counts = ("threads", "completed", "sleeping", "waiting", "running", "failed", "retrying")
     for column in ("template", *counts, "completion rate"):
         table.add_column(column)
     for row in figures["templates"]:
@@ -168,7 +194,11 @@ def show_stats(figures: dict[str, Any]) -> None:
         table.add_row(row["template"], row["node"], str(row["finished"]), str(row["retries"]), percent(row["retry_rate"]))
     console.print(table)
     queue = figures["queue"]
-    console.print(f"queue: {queue['ready']} ready, {queue['scheduled']} scheduled (timers), {queue['running']} running")
+    console.print(f"queue: {queue['ready']} ready, {queue['scheduled']} scheduled (timers, retries), "
+                  f"{queue['running']} running")
+    retrying = figures["waiting_for_a_retry"]
+    console.print(f"failed, waiting for an automatic retry: {retrying}"
+                  + (f", the next at {figures['next_retry_at']}" if retrying else ""))
     oldest = figures["oldest_waiting_approval_seconds"]
     waiting = figures["waiting_for_a_person"]
     console.print(f"waiting for a person: {waiting}" + (f", the oldest for {oldest / 3600:.1f} h" if oldest else ""))

@@ -11,6 +11,7 @@ them decrypted.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -45,6 +46,7 @@ THREAD_COLUMNS = f"""
     to_char(t.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS updated_at,
     {LEASE_HELD_SQL.format(thread_id="t.thread_id")} AS lease_held,
     t.worker_managed, t.waiting_for,
+    to_char(t.retry_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS retry_at, t.auto_retries, t.retry_limit,
     (SELECT to_char(min(tm.due_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') FROM durakit_timers tm
      WHERE tm.thread_id = t.thread_id AND tm.status = 'scheduled') AS next_wake,
     {QUEUED_SQL.format(thread_id="t.thread_id")} AS queued,
@@ -53,14 +55,27 @@ THREAD_COLUMNS = f"""
 
 GET_SQL = f"SELECT {THREAD_COLUMNS} FROM durakit_threads t WHERE t.thread_id = %s"
 
-LIST_SQL = f"""
-SELECT {THREAD_COLUMNS} FROM durakit_threads t
+LIST_WHERE = """
 WHERE (%(status)s::text IS NULL OR t.status = %(status)s)
   AND (%(template)s::text IS NULL OR t.template = %(template)s)
   AND (%(waiting_for)s::text IS NULL OR t.waiting_for = %(waiting_for)s)
-ORDER BY t.updated_at DESC, t.thread_id
-LIMIT %(limit)s
 """
+# One page of a listing, newest first (`durakit threads`) or oldest first (`durakit
+# pending`: those waiting longest are nearest their deadlines); the thread id breaks ties,
+# so pages neither overlap nor skip a row.
+LIST_NEWEST_SQL = f"""
+SELECT {THREAD_COLUMNS} FROM durakit_threads t {LIST_WHERE}
+ORDER BY t.updated_at DESC, t.thread_id
+LIMIT %(limit)s OFFSET %(offset)s
+"""
+LIST_OLDEST_SQL = f"""
+SELECT {THREAD_COLUMNS} FROM durakit_threads t {LIST_WHERE}
+ORDER BY t.updated_at, t.thread_id
+LIMIT %(limit)s OFFSET %(offset)s
+"""
+COUNT_SQL = f"SELECT count(*) AS total FROM durakit_threads t {LIST_WHERE}"
+# The page and its total from one snapshot, so that they agree.
+ONE_SNAPSHOT_SQL = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 # Running threads whose process is gone: nobody holds their lock, and no worker has
 # (or is about to take) a run of them.
@@ -124,6 +139,31 @@ FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' ORDER BY checkpoint
 """
 
 
+# Automatic retries of a failed thread (`durakit.retries`): planned in the transaction that
+# marks it failed, and forgotten once it gets on or a person resumes it.
+RETRIES_MADE_SQL = "SELECT auto_retries FROM durakit_threads WHERE thread_id = %s"
+PLAN_RETRY_SQL = """
+UPDATE durakit_threads
+SET retry_at = now() + make_interval(secs => %(delay)s), auto_retries = %(retry)s, retry_limit = %(limit)s
+WHERE thread_id = %(thread_id)s
+RETURNING retry_at
+"""
+NO_RETRY_SQL = "UPDATE durakit_threads SET retry_at = NULL, retry_limit = %s WHERE thread_id = %s"
+# Failed threads whose planned retry has no job (a job lost to a race with the stalled-job
+# sweep, or deleted by hand): the sweep queues one again.
+UNQUEUED_RETRIES_SQL = f"""
+SELECT t.thread_id, t.retry_at FROM durakit_threads t
+WHERE t.status = 'failed' AND t.retry_at IS NOT NULL AND t.superseded_by IS NULL
+  AND NOT {QUEUED_SQL.format(thread_id="t.thread_id")} AND NOT {TAKEN_SQL.format(thread_id="t.thread_id")}
+ORDER BY t.retry_at
+LIMIT %s
+"""
+FORGET_RETRIES_SQL = """
+UPDATE durakit_threads SET retry_at = NULL, auto_retries = 0, retry_limit = NULL
+WHERE thread_id = %s AND (retry_at IS NOT NULL OR auto_retries > 0 OR retry_limit IS NOT NULL)
+"""
+
+
 def _open_thread(row: dict[str, Any] | None) -> dict[str, Any] | None:
     """A thread row with its customer data decrypted (as stored, without a key)."""
     if row is None:
@@ -145,11 +185,17 @@ def list_threads(
     status: str | None = None,
     template: str | None = None,
     waiting_for: str | None = None,
-    limit: int = 1000,
-) -> list[dict[str, Any]]:
-    params = {"status": status, "template": template, "waiting_for": waiting_for, "limit": limit}
-    rows = conn.execute(LIST_SQL, params).fetchall()
-    return [_open_thread(row) for row in rows]
+    limit: int = 100,
+    offset: int = 0,
+    oldest_first: bool = False,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the threads that match, and how many match in all."""
+    params = {"status": status, "template": template, "waiting_for": waiting_for, "limit": limit, "offset": offset}
+    with conn.transaction():
+        conn.execute(ONE_SNAPSHOT_SQL)
+        rows = conn.execute(LIST_OLDEST_SQL if oldest_first else LIST_NEWEST_SQL, params).fetchall()
+        total = conn.execute(COUNT_SQL, params).fetchone()["total"]
+    return [_open_thread(row) for row in rows], total
 
 
 def orphans(conn: Connection, limit: int = 10_000) -> list[str]:
@@ -265,3 +311,30 @@ def has_checkpoints(conn: Connection, thread_id: str) -> bool:
 
 def checkpoints(conn: Connection, thread_id: str) -> list[dict[str, Any]]:
     return conn.execute(CHECKPOINTS_SQL, (thread_id,)).fetchall()
+
+
+def retries_made(conn: Connection, thread_id: str) -> int:
+    """The automatic retries made since the thread last got on (or a person resumed it)."""
+    return conn.execute(RETRIES_MADE_SQL, (thread_id,)).fetchone()["auto_retries"]
+
+
+def plan_retry(conn: Connection, thread_id: str, *, delay: float, retry: int, limit: int) -> datetime:
+    """Record that automatic retry number `retry` (of `limit`) is due in `delay` seconds;
+    returns when."""
+    params = {"thread_id": thread_id, "delay": delay, "retry": retry, "limit": limit}
+    return conn.execute(PLAN_RETRY_SQL, params).fetchone()["retry_at"]
+
+
+def plan_no_retry(conn: Connection, thread_id: str, *, limit_reached: int | None = None) -> None:
+    """No automatic retry: the failure is not transient, or the retries reached `limit_reached`."""
+    conn.execute(NO_RETRY_SQL, (limit_reached, thread_id))
+
+
+def unqueued_retries(conn: Connection, limit: int = 500) -> list[dict[str, Any]]:
+    """Failed threads with a planned retry and no job to run it: thread_id, retry_at."""
+    return conn.execute(UNQUEUED_RETRIES_SQL, (limit,)).fetchall()
+
+
+def forget_retries(conn: Connection, thread_id: str) -> bool:
+    """Start the count of automatic retries again; False if there was nothing to forget."""
+    return conn.execute(FORGET_RETRIES_SQL, (thread_id,)).rowcount > 0

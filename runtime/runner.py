@@ -21,9 +21,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -37,7 +38,7 @@ from durakit.errors import Conflict, DatabaseUnavailable, DurakitError, InvalidI
 from durakit.events import EventLog
 from durakit.graphs import check_template_name, get_template
 from durakit.judgement import Judgement, judgement_from_env
-from durakit.lease import LeaseLost, ThreadLocks
+from durakit.lease import LEASE_EPOCH_KEY, LeaseLost, ThreadLocks
 from durakit.ledger import EffectLedger, thread_effects
 from durakit.services import Adapters, Services
 from durakit.settings import KitSettings
@@ -62,6 +63,13 @@ STATUSES = ("running", "waiting", "completed", "failed")
 # Thread ids reach SQL, URLs, logs and idempotency keys: keep them to a safe alphabet.
 THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 CHECKPOINT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # LangGraph's are UUIDs
+# A template's question ids ("approval:2") and LangGraph's interrupt ids (32 hex digits).
+QUESTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+# A listing shows PAGE_SIZE threads unless asked for up to MAX_PAGE_SIZE; more are paged.
+PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_OFFSET = 1_000_000_000
 
 # How often one command reconnects after losing the database before it gives the thread
 # back (still `running`, for `durakit resume` or `recover`).
@@ -85,11 +93,16 @@ class ThreadView:
     result: dict[str, Any] | None
     error: str | None
     error_node: str | None = None
+    question_id: str | None = None  # the question waiting for a person, as `approve --question` takes it
     attempts: int = 0
     stale: bool = False  # `running`, but its process is gone: `durakit recover` resumes it
     queued: bool = False  # a run of it waits in the queue for a worker
     worker_managed: bool = False  # started with `durakit submit`: workers advance it
     next_wake: str | None = None  # when its next timer fires (a reminder, a deadline)
+    retry_at: str | None = None  # failed on a transient error: when a worker retries it (`durakit.retries`)
+    auto_retries: int = 0  # failed: the automatic retries made so far (retry_at: counting the one planned)
+    retry_limit: int | None = None  # failed: the template's limit, once retries were planned or used up
+    retries_exhausted: bool = False  # failed on a transient error after the last automatic retry
     lease_owner: str | None = None
     superseded_by: str | None = None  # forked into this thread, which alone goes on
     created_at: str | None = None
@@ -105,6 +118,7 @@ class ThreadView:
             template=row["template"],
             status=row["status"],
             interrupt=row["interrupt"] if row["status"] == "waiting" else None,
+            question_id=pending_question(row),
             result=row["result"],
             error=row["last_error"] if row["status"] == "failed" else None,
             error_node=row["error_node"] if row["status"] == "failed" else None,
@@ -114,6 +128,10 @@ class ThreadView:
             queued=row["queued"],
             worker_managed=row["worker_managed"],
             next_wake=row["next_wake"],
+            retry_at=row["retry_at"] if row["status"] == "failed" else None,
+            auto_retries=row["auto_retries"] if row["status"] == "failed" else 0,
+            retry_limit=row["retry_limit"] if row["status"] == "failed" else None,
+            retries_exhausted=row["status"] == "failed" and row["retry_at"] is None and row["retry_limit"] is not None,
             lease_owner=row["lease_owner"],
             superseded_by=row["superseded_by"],
             created_at=row["created_at"],
@@ -139,12 +157,88 @@ class RecoveryReport:
         return {"resumed": [view.to_dict() for view in self.resumed], "busy": self.busy, "errors": self.errors}
 
 
+@dataclass
+class ThreadPage:
+    """One page of a listing (`durakit threads`, `durakit pending`); iterating it gives
+    its threads."""
+
+    threads: list[ThreadView]
+    total: int  # how many threads match, on every page
+    limit: int
+    offset: int
+
+    def __iter__(self) -> Iterator[ThreadView]:
+        return iter(self.threads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threads": [view.to_dict() for view in self.threads], "total": self.total,
+                "limit": self.limit, "offset": self.offset}
+
+
+def check_page(limit: int, offset: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"--limit takes a number of threads from 1 to {MAX_PAGE_SIZE:,}, not {limit!r}.")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"--offset takes a number of threads to skip from 0 to {MAX_OFFSET:,}, not {offset!r}.")
+
+
 def refuse_superseded(row: Mapping[str, Any]) -> None:
     """Only the newest thread of a line of forks acts: two could make the same refund twice."""
     if row["superseded_by"]:
         raise Conflict(
             f"Thread {row['thread_id']} was forked into {row['superseded_by']}, which alone goes on; "
             f"use {row['superseded_by']}."
+        )
+
+
+def question_id_of(interrupt: Mapping[str, Any]) -> str:
+    """The id a person names a question by: the one its template gave it (which an
+    approval email can print before the question is asked), else LangGraph's interrupt id."""
+    return interrupt.get("question_id") or interrupt["id"]
+
+
+def pending_question(row: Mapping[str, Any]) -> str | None:
+    """The id of the question the thread waits for a person to answer, if it does."""
+    interrupt = row["interrupt"] if row["status"] == "waiting" else None
+    return question_id_of(interrupt) if interrupt and interrupt.get("decisions") else None
+
+
+def refuse_other_question(row: Mapping[str, Any], question: str | None) -> None:
+    """An answer that names its question is for that question only: once the question is
+    answered, decided by its deadline or followed by another, the answer is refused."""
+    if question is None:
+        return
+    pending = pending_question(row)
+    if pending is not None and question in (pending, row["interrupt"]["id"]):
+        return
+    thread_id = row["thread_id"]
+    if pending is None:
+        raise Conflict(
+            f"Question {question} of thread {thread_id} is not pending, and no question is: the thread is "
+            f"{row['status']}{' (sleeping until a timer)' if row['status'] == 'waiting' else ''}; nothing was recorded."
+        )
+    raise Conflict(
+        f"Question {question} of thread {thread_id} is no longer pending (answered, decided by its deadline, or "
+        f"never asked); the question pending now is {pending} ({row['interrupt'].get('question')}), and nothing "
+        "was recorded."
+    )
+
+
+def check_question_id(question: str) -> str:
+    if not isinstance(question, str) or not QUESTION_ID_PATTERN.fullmatch(question):
+        raise InvalidInput(
+            f"{str(question)[:80]!r} is not a question id; `durakit pending` and `durakit status` show each question's."
+        )
+    return question
+
+
+def refuse_queued(row: Mapping[str, Any]) -> None:
+    """A fork must not leave a run of its source behind: the queued answer would be lost
+    to the fork, and the superseded source left `running` with nobody to finish it."""
+    if row["queued"] or row["taken"]:
+        raise Conflict(
+            f"Thread {row['thread_id']} has a run queued for a worker (an answer, or a run handed back); "
+            "wait for the worker, then fork."
         )
 
 
@@ -302,6 +396,7 @@ class Runner:
             existing = self._register(template, parsed, thread_id, queue=False)
             if existing is not None:
                 return existing
+            self.locks.claim(thread_id)  # registered under the lock: its writes are fenced from here
             faults.maybe_kill("__start__", "before")  # registered, no checkpoint yet
             return self._advance(template, thread_id, template.initial_state(parsed), "run_started", settings)
 
@@ -361,23 +456,42 @@ class Runner:
             if row["status"] == "waiting":
                 question = (row["interrupt"] or {}).get("question", "a decision")
                 raise Conflict(
-                    f"Thread {thread_id} is waiting for a decision ({question}); answer it with `durakit approve`."
+                    f"Thread {thread_id} is waiting for a decision ({question}); answer it with "
+                    f"`durakit approve {thread_id} --question {pending_question(row)} --decision ...`."
                 )
+            if row["status"] == "failed":
+                self._forget_retries(thread_id)  # a person retries it now: the automatic count starts again
             return self._continue(row, "resumed")
 
     def approve(
-        self, thread_id: str, decision: str, *, by: str, note: str | None = None, wait: bool = False
+        self,
+        thread_id: str,
+        decision: str,
+        *,
+        by: str,
+        note: str | None = None,
+        wait: bool = False,
+        question: str | None = None,
     ) -> ThreadView:
         """Answer the question a waiting thread asks, and run it on from there: in this
         process, or for a worker-managed thread (`submit`) by queueing the run for the
-        workers and returning at once, unless `wait` asks to run it here."""
+        workers and returning at once, unless `wait` asks to run it here.
+
+        `question` is the id of the question answered (`question_id`, as `durakit pending`
+        and the approval emails show it): if that question is no longer the one pending
+        (answered, decided by its deadline, followed by another), the answer is refused
+        with Conflict and nothing is recorded. Without it, the question pending now is
+        answered. Either way the view returned says which (`extra["answered"]`)."""
         from langgraph.types import Command
 
         check_thread_id(thread_id)
+        if question is not None:
+            check_question_id(question)
         self._row(thread_id)
         with self.locks.hold(thread_id):
             row = self._row(thread_id)
             refuse_superseded(row)
+            refuse_other_question(row, question)
             if row["status"] != "waiting":
                 raise Conflict(f"Thread {thread_id} is {row['status']}, not waiting for a decision.")
             interrupt = row["interrupt"]
@@ -401,10 +515,12 @@ class Runner:
             queue = row["worker_managed"] and not wait
             with self.pool.connection() as conn:
                 with conn.transaction():
+                    self.locks.lease(thread_id).check(conn)
                     recorded = registry.record_decision(conn, thread_id, interrupt, answer, authorized_as)
                     if recorded:
                         events.insert(conn, thread_id, "decided", interrupt.get("node"),
-                                      decision=answer["decision"], by=answer["by"], note=answer["note"])
+                                      decision=answer["decision"], by=answer["by"], note=answer["note"],
+                                      question_id=question_id_of(interrupt))
                         if queue:
                             jobs.defer_advance(conn, thread_id, "resumed")
                             queued = registry.get(conn, thread_id)  # read before a worker takes it
@@ -414,9 +530,16 @@ class Runner:
                         f"Thread {thread_id}'s question was answered already by {earlier.get('decided_by')} "
                         f"at {earlier.get('decided_at')}."
                     )
+            answered = {
+                "question_id": question_id_of(interrupt), "interrupt_id": interrupt["id"],
+                "node": interrupt.get("node"), "question": interrupt.get("question"), "decision": answer["decision"],
+            }
             if queue:
-                return ThreadView.from_row(queued)  # running, and queued for a worker
-            return self._advance(template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", settings)
+                view = ThreadView.from_row(queued)  # running, and queued for a worker
+            else:
+                view = self._advance(template, thread_id, Command(resume={interrupt["id"]: answer}), "resumed", settings)
+            view.extra["answered"] = answered
+            return view
 
     def _authorize(
         self, template: Template, thread_id: str, interrupt: dict[str, Any], answer: dict[str, Any]
@@ -443,17 +566,28 @@ class Runner:
 
     def work(self, thread_id: str, kind: str, *, lock_wait: float = 2.0) -> ThreadView | None:
         """Run a `running` thread on from its checkpoint (a queued run or answer, a run
-        whose process died); None if there is nothing to run. Waits up to `lock_wait`
-        seconds for a process that still holds the thread (an `approve` that queued this
-        run lets go of it a moment later), then raises ThreadBusy."""
+        whose process died), or a `failed` one whose automatic retry is planned; None if
+        there is nothing to run. Waits up to `lock_wait` seconds for a process that still
+        holds the thread (an `approve` that queued this run lets go of it a moment later),
+        then raises ThreadBusy."""
         row = self._row(check_thread_id(thread_id))
-        if row["superseded_by"] or row["status"] != "running":
+        if not is_workable(row):
             return None
         with self.locks.hold(thread_id, wait=lock_wait):
             row = self._row(thread_id)
-            if row["superseded_by"] or row["status"] != "running":
-                return None  # another process ran it meanwhile
-            return self._continue(row, kind)
+            if not is_workable(row):
+                return None  # another process ran it meanwhile, or a person resumed it
+            view = self._continue(row, kind)
+            if view.status != "failed" and row["auto_retries"]:
+                self._forget_retries(thread_id)  # it got past the failure: a later one counts afresh
+            return view
+
+    def _forget_retries(self, thread_id: str) -> None:
+        from durakit.retries import AUTO_RETRY
+
+        with self._fenced(thread_id) as conn:
+            if registry.forget_retries(conn, thread_id):
+                jobs.cancel_retry(conn, thread_id, AUTO_RETRY)
 
     def fire_timer(self, thread_id: str, name: str, *, lock_wait: float = 2.0) -> ThreadView | None:
         """Fire the thread's timer `name` if it is due, and run the thread on from there;
@@ -461,7 +595,9 @@ class Runner:
         thread no longer waits for it, say because a person answered before the deadline)."""
         with self.locks.hold(check_thread_id(thread_id), wait=lock_wait):
             row = self._row(thread_id)
-            with self.pool.connection() as conn, conn.transaction():
+            if self._wake_completed_before_workers(row, name):
+                row = self._row(thread_id)  # now asleep in the node that waits on this timer
+            with self._fenced(thread_id) as conn:
                 timer = timers.get(conn, thread_id, name)
                 if timer is None or timer["status"] != "scheduled":
                     return None  # gone, or fired already
@@ -471,19 +607,37 @@ class Runner:
                 if row["status"] == "running" and not row["superseded_by"]:
                     return None  # a run goes on (or died) and settles, re-arming it if it still waits on it
                 interrupt = row["interrupt"] if row["status"] == "waiting" else None
-                if row["superseded_by"] or interrupt is None or interrupt.get("timer") != name:
+                answer = None if row["superseded_by"] or interrupt is None else timers.answer(
+                    row["template"], timer, interrupt
+                )
+                if answer is None:
                     timers.cancel(conn, thread_id, name)
                     events.insert(conn, thread_id, "timer_cancelled", timer["node"], timer=name)
                     return None
-                answer = (timer["payload"] or {}).get("answer") or {
-                    "decision": "wake", "by": timers.TIMER, "note": None, "timer": name, "due_at": timer["due_at"],
-                    "fired_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                }
                 registry.record_decision(conn, thread_id, interrupt, answer, ["timer"])
                 timers.mark_fired(conn, thread_id, name)
                 events.insert(conn, thread_id, "timer_fired", timer["node"], timer=name, due_at=timer["due_at"],
                               decision=answer["decision"])
             return self._continue(self._row(thread_id), "woken")
+
+    def _wake_completed_before_workers(self, row: Mapping[str, Any], name: str) -> bool:
+        """A thread that completed before workers with this timer pending, now due (its
+        template then only recorded it): carry it on from the node it ended in, into the
+        node that sleeps until the timer today (`timers.BEFORE_WORKERS`), so that firing
+        it does what the template does now. True if it did (lock held)."""
+        if row["status"] != "completed" or row["superseded_by"]:
+            return False
+        thread_id = row["thread_id"]
+        with self.pool.connection() as conn:
+            timer = timers.get(conn, thread_id, name)
+        old = timers.before_workers(row["template"], timer) if timer else None
+        if old is None or old.ended_in is None or timer["status"] != "scheduled" or not timer["due"]:
+            return False
+        graph = self._graph(get_template(row["template"]))
+        fenced = {"configurable": {"thread_id": thread_id, LEASE_EPOCH_KEY: self.locks.lease(thread_id).epoch}}
+        graph.update_state(fenced, None, as_node=old.ended_in)  # what the template does after that node now
+        self._continue(self._row(thread_id), "woken")  # to the sleep, which keeps the timer as it is
+        return True
 
     def move_timer(self, thread_id: str, name: str, due_at: datetime) -> None:
         """Move a scheduled timer (and the job that fires it) to `due_at`: to fire a
@@ -566,9 +720,10 @@ class Runner:
         with self.locks.hold(thread_id), self.locks.hold(to):
             source = self._row(thread_id)
             refuse_superseded(source)
+            refuse_queued(source)
             template = get_template(source["template"])
             try:
-                with self.pool.connection() as conn, conn.transaction():
+                with self._fenced(thread_id) as conn:
                     if not registry.has_checkpoints(conn, thread_id):
                         raise NotFound(f"Thread {thread_id} has no checkpoints to fork from (pruned, or never started).")
                     created = registry.create(
@@ -588,6 +743,7 @@ class Runner:
                 raise NotFound(
                     f"Thread {thread_id} has no checkpoint {checkpoint_id}; `durakit history {thread_id}` lists them."
                 ) from None
+            self.locks.claim(to)
             snapshot = self._graph(template).get_state(self._config(to))
             if snapshot.interrupts or is_finished(snapshot):
                 return self._settle(template, to, snapshot)
@@ -643,19 +799,28 @@ class Runner:
             }
         return view
 
-    def threads(self, *, status: str | None = None, template: str | None = None) -> list[ThreadView]:
+    def threads(
+        self, *, status: str | None = None, template: str | None = None, limit: int = PAGE_SIZE, offset: int = 0
+    ) -> ThreadPage:
+        """A page of the threads, newest first, with how many match in all."""
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"{status!r} is not a thread status; use one of: {', '.join(STATUSES)}.")
         if template is not None:
             check_template_name(template)
+        check_page(limit, offset)
         with self.pool.connection() as conn:
-            return [ThreadView.from_row(row) for row in registry.list_threads(conn, status=status, template=template)]
+            rows, total = registry.list_threads(conn, status=status, template=template, limit=limit, offset=offset)
+        return ThreadPage([ThreadView.from_row(row) for row in rows], total, limit, offset)
 
-    def pending(self) -> list[ThreadView]:
-        """Threads waiting for a person, with the question each one asks (not those that
-        only sleep until a timer)."""
+    def pending(self, *, limit: int = PAGE_SIZE, offset: int = 0) -> ThreadPage:
+        """A page of the threads waiting for a person, with the question each one asks (not
+        those that only sleep until a timer), oldest first: those nearest their deadlines."""
+        check_page(limit, offset)
         with self.pool.connection() as conn:
-            return [ThreadView.from_row(row) for row in registry.list_threads(conn, status="waiting", waiting_for="person")]
+            rows, total = registry.list_threads(
+                conn, status="waiting", waiting_for="person", limit=limit, offset=offset, oldest_first=True
+            )
+        return ThreadPage([ThreadView.from_row(row) for row in rows], total, limit, offset)
 
     # Internals
 
@@ -665,6 +830,15 @@ class Runner:
         if row is None:
             raise NotFound(f"There is no thread {thread_id!r}; `durakit threads` lists them.")
         return row
+
+    @contextmanager
+    def _fenced(self, thread_id: str) -> Iterator[psycopg.Connection]:
+        """A transaction that commits only while this process still holds the thread's
+        lease (`durakit.lease`): a process that lost the thread to another writes nothing."""
+        lease = self.locks.lease(thread_id)
+        with self.pool.connection() as conn, conn.transaction():
+            lease.check(conn)
+            yield conn
 
     def _config(self, thread_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": thread_id}}
@@ -787,12 +961,14 @@ class Runner:
         from langgraph.runtime import RunControl
         from langgraph.types import Command
 
-        with self.pool.connection() as conn, conn.transaction():
+        lease = self.locks.lease(thread_id)
+        with self._fenced(thread_id) as conn:
             registry.start(conn, thread_id, self.owner)
             events.insert(conn, thread_id, kind)
         metrics.run_started(template.name)
         graph = self._graph(template)
-        config = self._config(thread_id)
+        config = {"configurable": {"thread_id": thread_id, LEASE_EPOCH_KEY: lease.epoch}}  # the saver fences with it
+        run_events = EventLog(self.pool, lease)
 
         def ensure_held() -> None:
             self.locks.ensure_held(thread_id)
@@ -801,9 +977,9 @@ class Runner:
             thread_id=thread_id,
             settings=settings,
             ensure_held=ensure_held,
-            effects=EffectLedger(self.pool, thread_id, ensure_held),
-            timers=Timers(self.pool, thread_id),
-            events=self.events,
+            effects=EffectLedger(self.pool, lease, ensure_held),
+            timers=Timers(self.pool, lease),
+            events=run_events,
             billing=self.adapters.billing,
             crm=self.adapters.crm,
             notifier=self.adapters.notifier,
@@ -823,9 +999,9 @@ class Runner:
             ):
                 for node in update:
                     if node != "__interrupt__":
-                        self.events.record(thread_id, "node_finished", node)
+                        run_events.record(thread_id, "node_finished", node)
         except GraphDrained as drained:
-            with self.pool.connection() as conn, conn.transaction():
+            with self._fenced(thread_id) as conn:
                 events.insert(conn, thread_id, "handed_back", reason=drained.reason)
                 jobs.defer_advance(conn, thread_id, "handed_back")
             return ThreadView.from_row(self._row(thread_id))  # running, and queued for another worker
@@ -845,7 +1021,7 @@ class Runner:
     def _withdraw_answers(self, template: Template, thread_id: str, command: Command, exc: Exception) -> ThreadView:
         """The node refused a recorded answer (its model changed since): forget the answer,
         so the question can be answered again, and report the thread as waiting."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self._fenced(thread_id) as conn:
             for interrupt_id in command.resume:
                 registry.withdraw_decision(conn, thread_id, interrupt_id)
             events.insert(conn, thread_id, "answer_refused", error=describe_error(exc))
@@ -853,7 +1029,8 @@ class Runner:
 
     def _settle(self, template: Template, thread_id: str, snapshot: StateSnapshot) -> ThreadView:
         """Write where the checkpoint says the thread stands into the registry."""
-        with self.pool.connection() as conn, conn.transaction():
+        faults.maybe_kill("__settle__", "before")
+        with self._fenced(thread_id) as conn:
             if snapshot.interrupts:
                 pending = snapshot.interrupts[0]
                 node = next((task.name for task in snapshot.tasks if task.interrupts), None)
@@ -887,11 +1064,47 @@ class Runner:
         except psycopg.Error:
             pass  # the database may be why it failed; the error itself still gets recorded
         error = describe_error(exc)
-        with self.pool.connection() as conn, conn.transaction():
+        with self._fenced(thread_id) as conn:
             registry.settle(conn, thread_id, "failed", error=error, error_node=node)
             events.insert(conn, thread_id, "failed", node, error=error)
+            self._schedule_retry(conn, template, thread_id, exc, node)
         metrics.run_ended(template.name, "failed")
         return ThreadView.from_row(self._row(thread_id))
+
+    def _schedule_retry(
+        self, conn: psycopg.Connection, template: Template, thread_id: str, exc: Exception, node: str | None
+    ) -> None:
+        """In the transaction that marks the thread failed: if the cause is transient, queue
+        a worker's retry on the template's backoff (`durakit.retries`), unless its automatic
+        retries are used up."""
+        from durakit.retries import AUTO_RETRY, TemplateSettings
+        from durakit.steps import is_transient
+
+        if not is_transient(exc):
+            registry.plan_no_retry(conn, thread_id)
+            return
+        settings = self._settings(template)
+        if not isinstance(settings, TemplateSettings):  # a template of its own, on plain BaseSettings
+            settings = TemplateSettings.model_construct()
+        made, limit = registry.retries_made(conn, thread_id), settings.auto_retries
+        if made >= limit:
+            registry.plan_no_retry(conn, thread_id, limit_reached=limit)
+            events.insert(conn, thread_id, "retries_exhausted", node, retries=made, limit=limit)
+            return
+        retry_at = registry.plan_retry(
+            conn, thread_id, delay=settings.auto_retry_delay(made + 1), retry=made + 1, limit=limit
+        )
+        jobs.defer_retry(conn, thread_id, AUTO_RETRY, retry_at)
+        events.insert(conn, thread_id, "retry_planned", node, at=retry_at.isoformat(timespec="seconds"),
+                      retry=made + 1, limit=limit)
+
+
+def is_workable(row: Mapping[str, Any]) -> bool:
+    """A worker may run the thread: it runs (or its process died), or it failed and waits
+    for an automatic retry."""
+    if row["superseded_by"]:
+        return False
+    return row["status"] == "running" or (row["status"] == "failed" and row["retry_at"] is not None)
 
 
 def is_finished(snapshot: StateSnapshot) -> bool:

@@ -15,6 +15,7 @@ from durakit.ledger import EffectLedger
 from durakit.timers import Timers
 
 SettingsT = TypeVar("SettingsT")
+Fallback = Literal["rules", "human"]  # what a judgement falls back to: the rules, or a person
 AnswerT = TypeVar("AnswerT")
 
 
@@ -59,22 +60,43 @@ class Services(Generic[SettingsT]):
         facts: dict[str, Any],
         question: Callable[[Judgement], AnswerT],
         *,
-        if_malformed: Literal["rules", "human"],
+        if_malformed: Fallback,
+        if_unavailable: Fallback | None = None,
     ) -> AnswerT | None:
         """Ask `question` of the configured judgement (rules or a model) and record the
         answer in the ledger, so a crash or a retry never asks (and pays) twice.
 
         If a model's answer is unusable, the event log says so and, per the template's
         choice, the rules answer instead (`"rules"`) or None, for a person to decide
-        (`"human"`). Transient model errors propagate, for the node's retry policy.
+        (`"human"`). Transient model errors (429, 5xx, timeout, no connection) propagate,
+        for the node's retry policy; with `if_unavailable`, the node's last attempt takes
+        that fallback instead of failing the thread.
         """
 
         def ask(_key: str) -> dict[str, Any]:
             try:
                 return {"answer": question(self.judgement)}
             except MalformedAnswer as exc:
-                self.events.record(self.thread_id, "model_fallback", step, error=str(exc), fallback=if_malformed)
-                fallback = question(RulesJudgement()) if if_malformed == "rules" else None
-                return {"answer": fallback, "model_error": str(exc)}
+                return fall_back(if_malformed, "the model's answer was unusable", exc)
+            except Exception as exc:
+                if if_unavailable is None or not is_last_try_of_unavailable_model(exc):
+                    raise
+                return fall_back(if_unavailable, "the model stayed unavailable through the step's retries", exc)
+
+        def fall_back(fallback: Fallback, why: str, exc: Exception) -> dict[str, Any]:
+            self.events.record(self.thread_id, "model_fallback", step, error=str(exc), fallback=fallback, why=why)
+            answer = question(RulesJudgement()) if fallback == "rules" else None
+            return {"answer": answer, "model_error": str(exc)}
 
         return self.effects.apply(step, "judgement", facts, ask)["answer"]
+
+
+def is_last_try_of_unavailable_model(exc: Exception) -> bool:
+    """A model API's transient error on the node's last attempt (`TRANSIENT_RETRY`)."""
+    from langgraph.runtime import get_runtime
+
+    from durakit.steps import TRANSIENT_RETRY, is_transient_model_error
+
+    if not is_transient_model_error(exc):
+        return False
+    return get_runtime().execution_info.node_attempt >= TRANSIENT_RETRY.max_attempts

@@ -1,6 +1,7 @@
 """The figures a CX team watches, read from the database (`durakit stats`): how many
 threads of each template completed, how often each node had to be retried, how deep
-the job queue is and how long the oldest question has waited for a person.
+the job queue is, how long the oldest question has waited for a person and how many
+failed threads wait for a worker's automatic retry.
 
 The worker's Prometheus metrics (`durakit.metrics`) serve the queue depth and the
 oldest waiting approval from the same queries."""
@@ -18,6 +19,7 @@ TEMPLATES_SQL = """
 SELECT template, count(*) AS threads,
        count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'failed' AND retry_at IS NOT NULL) AS retrying,
        count(*) FILTER (WHERE status = 'waiting' AND waiting_for = 'person') AS waiting,
        count(*) FILTER (WHERE status = 'waiting' AND waiting_for = 'timer') AS sleeping,
        count(*) FILTER (WHERE status = 'running') AS running
@@ -35,6 +37,12 @@ WHERE e.kind IN ('node_finished', 'retried') AND e.node IS NOT NULL
 GROUP BY t.template, e.node ORDER BY t.template, e.node
 """
 
+# Failed threads a worker retries on its own (`durakit.retries`).
+RETRYING_SQL = """
+SELECT count(*) AS threads, to_char(min(retry_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS next_at
+FROM durakit_threads WHERE status = 'failed' AND retry_at IS NOT NULL AND superseded_by IS NULL
+"""
+
 OLDEST_WAITING_SQL = """
 SELECT extract(epoch FROM now() - min(updated_at))::float AS seconds, count(*) AS waiting
 FROM durakit_threads WHERE status = 'waiting' AND waiting_for = 'person' AND superseded_by IS NULL
@@ -50,6 +58,7 @@ def figures(pool: ConnectionPool) -> dict[str, Any]:
         templates = conn.execute(TEMPLATES_SQL).fetchall()
         nodes = conn.execute(NODES_SQL).fetchall()
         oldest = conn.execute(OLDEST_WAITING_SQL).fetchone()
+        retrying = conn.execute(RETRYING_SQL).fetchone()
         queue = jobs.queue_depth(conn)
     for row in templates:
         row["completion_rate"] = ratio(row["completed"], row["threads"])
@@ -61,6 +70,8 @@ def figures(pool: ConnectionPool) -> dict[str, Any]:
         "queue": queue,
         "waiting_for_a_person": oldest["waiting"],
         "oldest_waiting_approval_seconds": oldest["seconds"],
+        "waiting_for_a_retry": retrying["threads"],
+        "next_retry_at": retrying["next_at"],
     }
 
 

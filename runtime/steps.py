@@ -117,7 +117,13 @@ def current_node() -> str:
 
 
 def ask_human(
-    question: str, decisions: Sequence[str], answer: type[AnswerT], *, deadline: Deadline | None = None, **details: Any
+    question: str,
+    decisions: Sequence[str],
+    answer: type[AnswerT],
+    *,
+    question_id: str | None = None,
+    deadline: Deadline | None = None,
+    **details: Any,
 ) -> AnswerT:
     """Wait for a person's answer and return it, validated as `answer`.
 
@@ -126,10 +132,19 @@ def ask_human(
     When someone answers, the node runs again from its first line and this returns the
     answer. So nothing before this call in the same node may change the outside world.
 
+    `question_id` names this question, unique within the thread (a question asked again
+    needs one of its own, such as "approval:2"): `durakit approve --question ID` answers
+    only this question, and is refused once another one is pending. Give one when an
+    earlier step tells a person how to answer (an approval email), since LangGraph's
+    interrupt id is known only once the interrupt is raised. Without it, the question's
+    id is the interrupt id.
+
     With a `deadline`, a worker answers `deadline.decision` (by "durakit:timer") if
     nobody has answered when it passes; an answer given before cancels the timer.
     """
     payload: dict[str, Any] = {"question": question, "decisions": list(decisions), **details}
+    if question_id is not None:
+        payload["question_id"] = question_id
     timers = get_runtime().context.timers if deadline else None
     if deadline is not None:
         timer = timers.schedule(

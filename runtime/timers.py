@@ -14,7 +14,8 @@ stored encrypted, bound to its (thread, name); `open_payload` reads it back.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import Connection
@@ -23,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from durakit import jobs
 from durakit.encryption import open_json, seal_json
+from durakit.lease import Lease
 
 # Who answers for a timer, in the decisions table and in the answers nodes receive.
 TIMER = "durakit:timer"
@@ -36,7 +38,7 @@ ON CONFLICT (thread_id, name) DO NOTHING
 SET_JOB_SQL = "UPDATE durakit_timers SET job_id = %s WHERE thread_id = %s AND name = %s"
 GET_SQL = f"""
 SELECT name, node, {UTC_TEXT.format(column="due_at")} AS due_at, due_at <= now() AS due, status, payload, job_id,
-       {UTC_TEXT.format(column="fired_at")} AS fired_at
+       {UTC_TEXT.format(column="fired_at")} AS fired_at, before_workers
 FROM durakit_timers WHERE thread_id = %s AND name = %s
 """
 CANCEL_SQL = """
@@ -74,16 +76,19 @@ LIMIT %s
 
 
 class Timers:
-    """The timers of one thread, handed to its nodes through the run's context."""
+    """The timers of one thread, handed to its nodes through the run's context; what they
+    write is fenced by the run's lease (`durakit.lease`)."""
 
-    def __init__(self, pool: ConnectionPool, thread_id: str) -> None:
+    def __init__(self, pool: ConnectionPool, lease: Lease) -> None:
         self.pool = pool
-        self.thread_id = thread_id
+        self.lease = lease
+        self.thread_id = lease.thread_id
 
     def schedule(self, name: str, due_at: datetime, *, node: str | None = None, **payload: Any) -> dict[str, Any]:
         """Record the timer and the job that fires it, once; returns the timer as stored
         (name and due_at, ISO 8601 UTC)."""
         with self.pool.connection() as conn, conn.transaction():
+            self.lease.check(conn)
             sealed = Jsonb(seal_json(payload, "durakit_timers.payload", self.thread_id, name))
             inserted = conn.execute(
                 INSERT_SQL,
@@ -98,6 +103,7 @@ class Timers:
     def cancel(self, name: str) -> bool:
         """Cancel the timer if it has not fired; True if it was still scheduled."""
         with self.pool.connection() as conn, conn.transaction():
+            self.lease.check(conn)
             return cancel(conn, self.thread_id, name)
 
 
@@ -119,6 +125,53 @@ def get(conn: Connection, thread_id: str, name: str) -> dict[str, Any] | None:
     if row is not None:
         row["payload"] = open_payload(row["payload"], thread_id, name)
     return row
+
+
+@dataclass(frozen=True)
+class BeforeWorkers:
+    """What a timer the kit's templates made before workers (revision 0006) stands for.
+
+    Back then a template recorded the timer and went on, and nothing fired it: a booking
+    or a cancellation-save completed with its reminder or follow-up pending, an
+    escalation asked for an agent with no deadline on the question. The templates now
+    wait for such a timer themselves, so an old one, when due, takes its thread to where
+    the template waits for it today and does what the template does then."""
+
+    template: str
+    name: str  # the timer's name up to its first ':' (an escalation's reminder:1, reminder:2, ...)
+    ended_in: str | None = None  # a thread that completed in this node goes on from it (into the sleep)
+    asked_in: str | None = None  # a thread still asked in this node (an old question) ...
+    answer: str | None = None  # ... gets this answer, as the question's deadline gives it today
+
+
+BEFORE_WORKERS = (
+    BeforeWorkers("booking", "reminder", ended_in="schedule_reminder"),  # on to await_reminder, send_reminder
+    BeforeWorkers("cancellation-save", "follow_up", ended_in="schedule_follow_up"),  # await_, check_follow_up
+    BeforeWorkers("escalation", "reminder", asked_in="await_agent", answer="remind"),
+)
+
+
+def before_workers(template: str, timer: dict[str, Any]) -> BeforeWorkers | None:
+    """The meaning of `timer` (a row from `get`) if it was made before workers."""
+    if not timer["before_workers"]:
+        return None
+    name = timer["name"].split(":", 1)[0]
+    return next((old for old in BEFORE_WORKERS if (old.template, old.name) == (template, name)), None)
+
+
+def answer(template: str, timer: dict[str, Any], interrupt: dict[str, Any]) -> dict[str, Any] | None:
+    """What the due `timer` (a row from `get`) answers the question its thread waits on;
+    None if the thread does not wait on it (answered before the deadline, gone on)."""
+    if interrupt.get("timer") == timer["name"]:
+        return (timer["payload"] or {}).get("answer") or {
+            "decision": "wake", "by": TIMER, "note": None, "timer": timer["name"], "due_at": timer["due_at"],
+            "fired_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    # A question asked before workers, when it had no deadline: the old timer is its deadline.
+    old = before_workers(template, timer)
+    if old is None or old.asked_in is None or interrupt.get("timer") or interrupt.get("node") != old.asked_in:
+        return None
+    return {"decision": old.answer, "by": TIMER, "note": f"{timer['name']}, scheduled before workers, fell due"}
 
 
 def arm(conn: Connection, thread_id: str, name: str, *, rearm: bool = False) -> None:
@@ -161,8 +214,9 @@ def open_payload(stored: Any, thread_id: str, name: str) -> Any:
 
 
 INHERIT_SQL = """
-INSERT INTO durakit_timers (thread_id, name, due_at, payload, status, created_at, node, fired_at)
-VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(status)s, %(created_at)s, %(node)s, %(fired_at)s)
+INSERT INTO durakit_timers (thread_id, name, due_at, payload, status, created_at, node, fired_at, before_workers)
+VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(status)s, %(created_at)s, %(node)s, %(fired_at)s,
+        %(before_workers)s)
 """
 
 
@@ -170,7 +224,8 @@ def inherit(conn: Connection, source_thread_id: str, fork_thread_id: str) -> int
     """Give a fork its source's timers, inside the caller's transaction; the fork's
     scheduled timers get jobs of their own."""
     rows = conn.execute(
-        "SELECT name, due_at, payload, status, created_at, node, fired_at FROM durakit_timers WHERE thread_id = %s",
+        "SELECT name, due_at, payload, status, created_at, node, fired_at, before_workers FROM durakit_timers "
+        "WHERE thread_id = %s",
         (source_thread_id,),
     ).fetchall()
     for row in rows:

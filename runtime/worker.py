@@ -12,8 +12,15 @@ What it does:
 - wakes at once when a job is queued (procrastinate LISTENs for the NOTIFY its insert
   trigger sends), and polls every `poll_interval` seconds for timers falling due;
 - beats every `heartbeat` seconds; every `sweep_interval` seconds it hands back the jobs
-  of workers silent for `stalled_after` seconds (killed, frozen, cut off) and queues a
-  run for every `running` thread nobody holds and no job will run (its process died);
+  of workers silent for `stalled_after` seconds and queues a run for every `running`
+  thread nobody holds and no job will run (its process died). A killed worker's threads
+  are taken over at once (its lock sessions ended with it); a frozen or cut-off worker's
+  jobs are handed back too, but its threads stay held until its database sessions end
+  (it wakes, is killed, or the server notices the lost connection), and the handed-back
+  job retries until then;
+- outlives a database outage of any length: when the database goes away it says so once,
+  tries again with capped backoff, says once that it is back, and takes jobs again (the
+  jobs it had taken go back to the queue, and each thread goes on from its checkpoint);
 - on SIGTERM or SIGINT stops taking jobs, stops each run at its next step boundary (the
   step's checkpoint saved), queues the rest for another worker, and exits.
 
@@ -27,21 +34,87 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import psycopg
 from procrastinate import App, PsycopgConnector
 from procrastinate.jobs import DeleteJobCondition, Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.worker import Worker as ProcrastinateWorker
 
-from durakit import jobs, metrics, registry, timers
-from durakit.errors import InvalidInput, NotFound, ThreadBusy
+from durakit import db, jobs, metrics, registry, timers
+from durakit.checkpointers import CONNECT_TIMEOUT_SECONDS, RECONNECT_TIMEOUT_SECONDS
+from durakit.errors import DatabaseUnavailable, InvalidInput, NotFound, ThreadBusy
+from durakit.retries import AUTO_RETRY
 from durakit.runner import Runner, ThreadView
 
 logger = logging.getLogger("durakit.worker")
+
+# While the database is away the worker looks for it again after 0.5 s, 1 s, 2 s, ... and
+# then every OUTAGE_RETRY_CAP_SECONDS, for as long as it takes.
+OUTAGE_FIRST_RETRY_SECONDS = 0.5
+OUTAGE_RETRY_CAP_SECONDS = 5.0
+
+
+def is_database_loss(exc: BaseException) -> bool:
+    """True if `exc`, or what it wraps (procrastinate's ConnectorException wraps psycopg's
+    errors), says the database could not be reached or the connection broke."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)):
+            return True  # PoolTimeout is an OperationalError
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class DatabaseWatch:
+    """Says once that the database is away and once that it is back, whoever notices first
+    (the sweeper, in a thread, or the loop that keeps procrastinate's worker running)."""
+
+    def __init__(self, where: str, say: Callable[[str], None]) -> None:
+        self.where = where
+        self.say = say
+        self.away_since: float | None = None
+        self._mutex = threading.Lock()
+
+    def lost(self, exc: BaseException) -> None:
+        with self._mutex:
+            if self.away_since is not None:
+                return
+            self.away_since = time.monotonic()
+        self.say(f"Lost the database at {self.where} ({db.one_line(exc)}); this worker waits for it, trying again "
+                 f"every {OUTAGE_RETRY_CAP_SECONDS:g} s at most, and its runs go on from their checkpoints once it "
+                 "is back.")
+
+    def back(self) -> None:
+        with self._mutex:
+            if self.away_since is None:
+                return
+            seconds, self.away_since = time.monotonic() - self.away_since, None
+        self.say(f"The database is back after {seconds:.0f} s; taking jobs again.")
+
+
+class QuietOutage(logging.Filter):
+    """Drops procrastinate's and asyncio's reports of a lost connection (a traceback each
+    time a side task, a fetch or a job's acknowledgement fails): `DatabaseWatch` says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and is_database_loss(exc))
+
+
+def quieted_loggers() -> list[logging.Logger]:
+    """procrastinate's loggers (a filter applies to the records of its own logger only, not
+    of its children) and asyncio's, which reports the job acknowledgements that failed."""
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "procrastinate"]
+    return [logging.getLogger(name) for name in {*names, "procrastinate.worker.durakit", "asyncio"}]
+
 
 class Backoff(BaseRetryStrategy):
     """A job that could not be done is tried again later, not given up: its timer must still
@@ -89,6 +162,7 @@ class Worker:
         metrics_port: int | None = None,
         burst: bool = False,
         on_job: Callable[[JobOutcome], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self.runner = runner
         self.concurrency = concurrency
@@ -99,11 +173,29 @@ class Worker:
         self.metrics_port = metrics_port
         self.burst = burst  # work off what is ready now, then return
         self.on_job = on_job or (lambda outcome: None)
-        # procrastinate's own pool: LISTEN, fetching and finishing jobs, heartbeats (each brief).
-        self.app = App(connector=PsycopgConnector(conninfo=runner.database.url, min_size=1, max_size=3))
-        self.app.task(name=jobs.ADVANCE, queue=jobs.QUEUE, retry=BACKOFF)(self._advance)
-        self.app.task(name=jobs.FIRE_TIMER, queue=jobs.QUEUE, retry=BACKOFF)(self._fire_timer)
+        self.watch = DatabaseWatch(runner.database.display, on_notice or logger.warning)
+        self.app = self._make_app()
         self._procrastinate: ProcrastinateWorker | None = None
+        self._stopping = False
+        self._wake: asyncio.Event | None = None  # set by `stop`: ends a wait for the database
+
+    def _make_app(self) -> App:
+        """procrastinate's app, on a pool of its own for LISTEN, fetching and finishing jobs,
+        and heartbeats (each brief). A new one for each session: procrastinate's connector
+        keeps a pool that failed to open and would hand it back on the next open.
+
+        Its pool keeps psycopg-pool's check before each loan: with psycopg's default
+        prepare_threshold (5) the empty statement is never prepared (psycopg drops its
+        count after each run), so it leaves nothing behind, unlike durakit's own pools."""
+        connector = PsycopgConnector(
+            conninfo=self.runner.database.url, min_size=1, max_size=3,
+            timeout=CONNECT_TIMEOUT_SECONDS * 2,  # a loan waits this long before the worker calls the database lost
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
+        )
+        app = App(connector=connector)
+        app.task(name=jobs.ADVANCE, queue=jobs.QUEUE, retry=BACKOFF)(self._advance)
+        app.task(name=jobs.FIRE_TIMER, queue=jobs.QUEUE, retry=BACKOFF)(self._fire_timer)
+        return app
 
     def run(self) -> None:
         """Work until SIGTERM or SIGINT (or `stop`); with `burst`, until no job is ready."""
@@ -119,6 +211,55 @@ class Worker:
             except OSError as exc:
                 raise InvalidInput(f"Cannot serve metrics on port {self.metrics_port} ({exc.strerror}).") from None
         await asyncio.to_thread(self.runner.warm_up)
+        self._wake = asyncio.Event()
+        quiet, quieted = QuietOutage(), quieted_loggers()
+        for each in quieted:
+            each.addFilter(quiet)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        sweeper = None
+        try:
+            if self.burst:
+                await asyncio.to_thread(self.sweep)  # once: what is ready now includes dead runs
+            sweeper = asyncio.create_task(self._sweep_forever(), name="durakit sweeper")
+            await self._work_through_outages()
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            for each in quieted:
+                each.removeFilter(quiet)
+
+    async def _work_through_outages(self) -> None:
+        """Keep procrastinate's worker running until told to stop. It gives up when the
+        database stays away longer than a loan may wait (a heartbeat, a fetch, the LISTEN
+        session fails), after waiting for the jobs it runs: then wait for the database and
+        start a new one. The jobs the old one had taken are handed back by the sweep (its
+        heartbeat stopped), and their threads go on from their checkpoints, the ledger
+        keeping each side effect to one."""
+        while True:
+            try:
+                await self._work()
+                lost: BaseException | None = None
+            except Exception as exc:
+                if not is_database_loss(exc):
+                    raise
+                lost = exc
+            if self._stopping:
+                return
+            if self.burst:
+                if lost is None:
+                    return
+                raise DatabaseUnavailable(f"Lost the database at {self.runner.database.display} "
+                                          f"({db.one_line(lost)}); run the worker again once it is back.") from lost
+            await self._wait_for_database(lost)
+            if self._stopping:
+                return
+
+    async def _work(self) -> None:
+        """One procrastinate worker, on a new app, until it stops."""
+        self.app = self._make_app()
         async with self.app.open_async():
             self._procrastinate = ProcrastinateWorker(
                 self.app,
@@ -132,23 +273,38 @@ class Worker:
                 install_signal_handlers=False,
                 wait=not self.burst,
             )
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self.stop)
-            if self.burst:
-                await asyncio.to_thread(self.sweep)  # once: what is ready now includes dead runs
-            sweeper = asyncio.create_task(self._sweep_forever(), name="durakit sweeper")
+            if self._stopping:
+                return
+            self.watch.back()
             try:
                 await self._procrastinate.run()
             finally:
-                sweeper.cancel()
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(signum)
+                self._procrastinate = None
+
+    async def _wait_for_database(self, lost: BaseException | None) -> None:
+        """Return once the database answers (or `stop` was called), trying with capped backoff."""
+        delay = OUTAGE_FIRST_RETRY_SECONDS
+        while not self._stopping:
+            try:
+                await asyncio.to_thread(lambda: db.connect(self.runner.database.url).close())
+                return
+            except DatabaseUnavailable as exc:
+                self.watch.lost(lost or exc)
+            assert self._wake is not None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, OUTAGE_RETRY_CAP_SECONDS)
 
     def stop(self) -> None:
         """Take no more jobs; stop each run at its next step boundary and queue the rest."""
+        self._stopping = True
         self.runner.drain("worker stopping")
         if self._procrastinate is not None:
             self._procrastinate.stop()
+        if self._wake is not None:
+            self._wake.set()
 
     # The jobs (each in a thread of the executor)
 
@@ -175,9 +331,25 @@ class Worker:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
+                await self._beat()
                 await asyncio.to_thread(self.sweep)
-            except Exception:  # a lost database must not kill the worker; the next sweep tries again
-                logger.exception("sweep failed")
+            except Exception as exc:  # a lost database must not kill the worker; the next sweep tries again
+                if not is_database_loss(exc):
+                    logger.exception("sweep failed")
+                elif not self._stopping:
+                    self.watch.lost(exc)
+                continue
+            if self._procrastinate is not None:
+                self.watch.back()  # the database answers and procrastinate's worker runs
+
+    async def _beat(self) -> None:
+        """Beat for procrastinate's worker as long as it is registered. It stops its own
+        heartbeat as soon as it stops taking jobs (a burst worker whose queue ran dry, a
+        worker told to stop) and then waits for the jobs it runs: without this, those
+        would be handed back, by this worker's own sweep too, while they still run."""
+        worker = self._procrastinate
+        if worker is not None and worker.worker_id is not None:
+            await self.app.job_manager.update_heartbeat(worker.worker_id)
 
     def sweep(self) -> tuple[int, int]:
         """Hand back the jobs of silent workers, queue a run of each thread whose process
@@ -187,6 +359,8 @@ class Worker:
             handed_back = jobs.hand_back_stalled(conn, self.stalled_after)
             orphans = registry.orphans(conn, limit=500)
             queued = sum(1 for thread_id in orphans if jobs.defer_advance(conn, thread_id, "recovered") is not None)
+            for lost in registry.unqueued_retries(conn):  # a planned automatic retry is never lost
+                jobs.defer_retry(conn, lost["thread_id"], AUTO_RETRY, lost["retry_at"])
             with conn.transaction():
                 timers.arm_all(conn)
         for job in handed_back:
@@ -208,4 +382,6 @@ def describe(outcome: JobOutcome) -> str:
             where += f" for a decision at {view.interrupt.get('node')}"
         else:
             where += f" until {view.interrupt.get('wakes_at')} ({view.interrupt.get('timer')})"
+    elif view.retry_at:
+        where += f" (next retry at {view.retry_at})"
     return f"{outcome.job} {view.thread_id} [{view.template}] ({outcome.what}): {where} in {took}"

@@ -6,14 +6,15 @@ from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
 from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
 NONE_OF_THESE = "none"
 
 
-class BookingSettings(BaseSettings):
+class BookingSettings(TemplateSettings):
     """Booking policy; e.g. DURAKIT_BOOKING_DEPOSIT_CENTS=5000."""
 
     model_config = SettingsConfigDict(env_prefix="DURAKIT_BOOKING_", frozen=True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Literal, TypedDict
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from durakit.judgement import Account, RetentionOffer, Usage
+from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
 
-class CancellationSettings(BaseSettings):
+class CancellationSettings(TemplateSettings):
     """Retention policy; e.g. DURAKIT_CANCELLATION_APPROVAL_ABOVE_CENTS=10000."""
 
     model_config = SettingsConfigDict(env_prefix="DURAKIT_CANCELLATION_", frozen=True)

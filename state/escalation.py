@@ -6,9 +6,10 @@ import re
 from typing import Literal, TypedDict, get_args
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from durakit.judgement import ConversationSummary, Priority
+from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
 ACCEPT = "accept"
@@ -17,7 +18,7 @@ REASSIGN = "reassign:"  # followed by a queue name
 REMIND = "remind"  # the answer the reminder timer gives when nobody accepted in time
 
 
-class EscalationSettings(BaseSettings):
+class EscalationSettings(TemplateSettings):
     """Where escalations go; e.g. DURAKIT_ESCALATION_REMINDER_HOURS=24."""
 
     model_config = SettingsConfigDict(env_prefix="DURAKIT_ESCALATION_", frozen=True)

@@ -6,14 +6,15 @@ from decimal import Decimal
 from typing import Literal, TypedDict
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from durakit.adapters import Order
 from durakit.judgement import RiskAssessment
+from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
 
-class RefundSettings(BaseSettings):
+class RefundSettings(TemplateSettings):
     """Refund policy. Each field can be set from the environment, for example
     DURAKIT_REFUND_AUTO_APPROVE_LIMIT=250."""
 

@@ -159,6 +159,19 @@ def durakit_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, di
     return done.returncode, data, done.stderr
 
 
+def table_row_counts(conn: psycopg.Connection):
+    """counts(): the row count of every table of the database, to show that a refused
+    command wrote nothing."""
+    tables = [row[0] for row in conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version' ORDER BY 1")]
+
+    def counts() -> dict[str, int]:
+        union = " UNION ALL ".join(f"SELECT '{name}', count(*) FROM {name}" for name in tables)
+        return dict(conn.execute(union).fetchall())
+
+    return counts
+
+
 def side_effect_counts(conn: psycopg.Connection, order_id: str, customer_email: str) -> dict[str, int]:
     """What the sandbox systems applied for one order: the numbers a crash must not change."""
     def count(sql: str, *params: Any) -> int:

@@ -5,6 +5,8 @@ idempotency key; the first request with a key is applied and its response stored
 repeat returns the stored response and applies nothing; a repeat with a different body
 is refused. `received` and `applied` per key show what the system saw.
 DURAKIT_SANDBOX_LATENCY_MS makes every call take that long, so a kill can land mid-call.
+DURAKIT_SANDBOX_UNAVAILABLE=crm,email makes the changes sent to those systems fail as an
+outage does (a `TransientAdapterError`, before anything is received), until it is unset.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from durakit.adapters import Order
+from durakit.adapters import Order, TransientAdapterError
 from durakit.judgement import Account, Usage
 
 RECEIVE_SQL = """
@@ -95,6 +97,7 @@ class Sandbox:
         if latency_ms is None:
             latency_ms = float(os.environ.get("DURAKIT_SANDBOX_LATENCY_MS") or 0)
         self.latency_s = latency_ms / 1000
+        self.unavailable = {name.strip() for name in os.environ.get("DURAKIT_SANDBOX_UNAVAILABLE", "").split(",")}
 
     # Billing
 
@@ -362,6 +365,8 @@ class Sandbox:
         """Apply `request` once per key: the receipt, the change and the stored response
         commit together, and a concurrent request with the same key waits for them."""
         self._wait()
+        if system in self.unavailable:
+            raise TransientAdapterError(f"{system} is unavailable (503 Service Unavailable, DURAKIT_SANDBOX_UNAVAILABLE).")
         with self.pool.connection() as conn, conn.transaction():
             seen = conn.execute(
                 RECEIVE_SQL,

@@ -119,11 +119,11 @@ def test_threads_and_pending(waiting_thread, make_order):
     assert code == 0
     assert waiting_thread in [view["thread_id"] for view in listing["threads"]]
     assert {view["status"] for view in listing["threads"]} == {"waiting"}
-    code, pending, _ = durakit_json("pending")
+    code, pending, _ = durakit_json("pending", "--limit", "1000")  # oldest first
     assert code == 0
     mine = next(view for view in pending["threads"] if view["thread_id"] == waiting_thread)
     assert "Refund 250.00 EUR" in mine["interrupt"]["question"]
-    text = durakit("pending")
+    text = durakit("pending", "--limit", "1000")
     assert text.returncode == 0 and waiting_thread in text.stdout
 
 

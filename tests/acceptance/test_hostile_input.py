@@ -29,7 +29,7 @@ from durakit.errors import DurakitError
 from durakit.graphs import TEMPLATES
 from durakit.runner import THREAD_ID_PATTERN, Runner
 from durakit.templates import IDENTIFIER
-from tests.conftest import durakit, future_slot, unique
+from tests.conftest import durakit, future_slot, table_row_counts, unique
 
 EXAMPLES = int(os.environ.get("DURAKIT_HOSTILE_EXAMPLES", "40"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None,
@@ -121,14 +121,7 @@ def invalid_request(draw: st.DrawFn) -> tuple[str, Any]:
 @pytest.fixture(scope="module")
 def counter(test_database) -> Iterator[Any]:
     conn = psycopg.connect(test_database.url, autocommit=True)
-    tables = [row[0] for row in conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version' ORDER BY 1")]
-
-    def counts() -> dict[str, int]:
-        union = " UNION ALL ".join(f"SELECT '{name}', count(*) FROM {name}" for name in tables)
-        return dict(conn.execute(union).fetchall())
-
-    yield counts
+    yield table_row_counts(conn)
     conn.close()
     total = sum(TRIED.values())
     print(f"\nhostile input: {total} cases tried ({', '.join(f'{k} {v}' for k, v in sorted(TRIED.items()))}), "

@@ -424,6 +424,26 @@ def test_sigterm_stops_at_a_step_boundary_and_hands_the_run_back(runner, conn, w
     assert len(nodes) == len(set(nodes)), f"a finished step ran again: {nodes}"
 
 
+def test_a_burst_worker_beats_on_while_its_last_job_runs(runner, conn, workers):
+    """procrastinate stops its worker's heartbeat once a burst worker's queue runs dry, then
+    waits for the jobs still running: the worker must beat on, or a sweep (its own, too)
+    hands the job back while it runs and the thread is run a second time."""
+    request, _ = refund_setup(runner)
+    thread_id = runner.submit("refund", request).thread_id
+    burst = workers("--burst", "--stalled-after", "1", env={"DURAKIT_SANDBOX_LATENCY_MS": "1000"})
+    seen: list[str] = []  # the job's status, as the worker's sweeps see it
+    while burst.process.poll() is None:
+        row = conn.execute("SELECT status FROM procrastinate_jobs WHERE lock = %s", (thread_id,)).fetchone()
+        if row and (not seen or seen[-1] != row["status"]):
+            seen.append(row["status"])
+        time.sleep(0.05)
+    assert burst.process.returncode == 0, burst.output()
+    assert "doing" in seen and "todo" not in seen[seen.index("doing"):], f"handed back while it ran: {seen}"
+    view = runner.status(thread_id)
+    assert (view.status, view.queued) == ("waiting", False), view
+    assert [event["kind"] for event in events(conn, thread_id, "recovered")] == []
+
+
 # 5. Timers across a worker restart
 
 
@@ -618,7 +638,7 @@ def test_cli_submit_refuses_bad_input_and_shows_timers_next_wake_and_sleeping_th
         "timers": start_cli("timers", "--json"),
         "threads": start_cli("threads", "--status", "waiting", "--json"),
         "approve": start_cli("approve", sleeping.thread_id, "--decision", "approve", "--by", "dana"),
-        "pending": start_cli("pending", "--json"),
+        "pending": start_cli("pending", "--limit", "1000", "--json"),  # oldest first
     }
     done = {name: finish(child) for name, child in children.items()}
 

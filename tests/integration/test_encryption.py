@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from durakit import db
+from durakit import db, registry
 from durakit.encryption import (
     ALLOW_PLAINTEXT_ENV,
     KEY_ENV,
@@ -28,6 +28,7 @@ from durakit.encryption import (
 )
 from durakit.errors import InvalidInput
 from durakit.graphs import get_template
+from durakit.lease import Lease
 from durakit.ledger import EffectLedger, LedgerMismatch
 from durakit.runner import Runner
 from tests.conftest import create_database, drop_database, durakit, durakit_json
@@ -214,7 +215,7 @@ def test_the_same_key_reads_everything_back_through_the_cli(keyed):
     assert code == 0, stderr
     assert history["decisions"][0]["note"] == note and history["decisions"][0]["question"].startswith("Refund 250.00")
     decided = next(event for event in history["events"] if event["kind"] == "decided")
-    assert decided["detail"] == {"decision": "approve", "by": "dana", "note": note}
+    assert decided["detail"] == {"decision": "approve", "by": "dana", "note": note, "question_id": "approval:1"}
     text = durakit("status", thread_id)
     assert text.returncode == 0 and "outcome=refunded" in text.stdout and "approved_by=dana" in text.stdout
     listed = durakit("threads", "--template", "refund")
@@ -319,7 +320,9 @@ def test_a_previous_key_still_reads_after_rotation(keyed, monkeypatch):
 
 def test_the_ledger_compares_decrypted_requests(keyed, conn):
     thread_id = unique("ledger")
-    ledger = EffectLedger(keyed.pool, thread_id, lambda: None)
+    with keyed.pool.connection() as registering:
+        registry.create(registering, thread_id, "refund", {}, thread_id)
+    ledger = EffectLedger(keyed.pool, Lease(thread_id, epoch=0), lambda: None)
     request = {"to": "e@example.com", "amount_cents": 100}
 
     def fails(key: str) -> dict:

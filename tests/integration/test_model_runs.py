@@ -70,16 +70,14 @@ def test_a_rate_limit_is_retried_by_the_nodes_retry_policy(model, model_runner):
     ]
 
 
-def test_a_model_failing_every_time_fails_the_thread_and_resume_finishes_it(model, model_runner):
+def test_a_model_failing_every_time_leaves_the_refund_to_the_rules_after_the_last_attempt(model, model_runner):
     model.default = status(500)
     view = small_refund(model_runner)
-    assert view.status == "failed"
-    assert view.error_node == "check_eligibility"
-    assert "Error code: 500" in view.error
-    assert len(model.requests) == 4  # the first try and three retries
-    model.default = answer(LOW_RISK)
-    done = model_runner.resume(view.thread_id)
-    assert done.status == "completed" and done.result["outcome"] == "refunded"
+    assert view.status == "completed" and view.result["outcome"] == "refunded"  # the rules' low risk
+    assert len(model.requests) == 4  # the first try and three retries, then the template's fallback
+    fallback = events(model_runner, view.thread_id, "model_fallback")
+    assert [(e["node"], e["detail"]["fallback"]) for e in fallback] == [("check_eligibility", "rules")]
+    assert "Error code: 500" in fallback[0]["detail"]["error"]
 
 
 def test_a_malformed_offer_falls_back_to_the_rules(model, model_runner):

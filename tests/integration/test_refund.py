@@ -35,7 +35,7 @@ def test_refund_above_the_limit_waits_then_approval_completes_it(runner, make_or
     assert view.interrupt["node"] == "await_approval"
     assert order_id in view.interrupt["question"]
     assert conn.execute("SELECT count(*) FROM sandbox_refunds WHERE order_id = %s", (order_id,)).fetchone()["count"] == 0
-    assert view.thread_id in [pending.thread_id for pending in runner.pending()]
+    assert view.thread_id in [pending.thread_id for pending in runner.pending(limit=1000)]
 
     done = runner.approve(view.thread_id, "approve", by="dana", note="fine")
     assert done.status == "completed"

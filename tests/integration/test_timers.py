@@ -58,7 +58,7 @@ def test_a_booking_sleeps_until_its_reminder_and_a_fired_timer_sends_it_once(run
     assert datetime.fromisoformat(view.next_wake) == due
     row = timer_row(conn, view.thread_id, "reminder")
     assert (row["status"], row["due_at"], row["job_status"], row["scheduled_at"]) == ("scheduled", due, "todo", due)
-    assert view.thread_id not in [pending.thread_id for pending in runner.pending()]
+    assert view.thread_id not in [pending.thread_id for pending in runner.pending(limit=1000)]
     with pytest.raises(Conflict, match="sleeps until"):
         runner.approve(view.thread_id, "wake", by="dana")
 

@@ -29,15 +29,17 @@ def order(amount_cents: int = 30000, refunded_cents: int = 0) -> dict:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("", None), ("issue_refund:before", ("issue_refund", "before")), ("__start__:before", ("__start__", "before")),
-     ("sync_crm:after_effect", ("sync_crm", "after_effect"))],
+    [("", None), ("issue_refund:before", ("issue_refund", "before", "kill")),
+     ("__start__:before", ("__start__", "before", "kill")),
+     ("sync_crm:after_effect", ("sync_crm", "after_effect", "kill")),
+     ("check_eligibility:after_writes:stop", ("check_eligibility", "after_writes", "stop"))],
 )
 def test_fault_setting_is_parsed(monkeypatch, value, expected):
     monkeypatch.setenv("DURAKIT_FAULT", value)
     assert faults.configured() == expected
 
 
-@pytest.mark.parametrize("value", ["issue_refund", "issue_refund:during", ":before"])
+@pytest.mark.parametrize("value", ["issue_refund", "issue_refund:during", ":before", "issue_refund:stop"])
 def test_malformed_fault_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv("DURAKIT_FAULT", value)
     with pytest.raises(InvalidInput, match="NODE:POINT"):
