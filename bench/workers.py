@@ -50,7 +50,7 @@ from typing import Any
 
 from bench.steps import scratch_database
 from durakit.authority import Authority
-from durakit.encryption import open_json
+from durakit.encryption import THREAD_INTERRUPT
 from durakit.errors import DurakitError
 from durakit.runner import Runner
 from durakit.settings import KitSettings
@@ -363,7 +363,7 @@ class People:
             rows = conn.execute(WAITING_SQL).fetchall()
         for row in rows:
             thread_id = row["thread_id"]
-            interrupt = open_json(row["interrupt"], "durakit_threads.interrupt", thread_id)
+            interrupt = THREAD_INTERRUPT.open(row["interrupt"], thread_id)
             if row["waiting_for"] == "timer":
                 self.wake(thread_id, interrupt["timer"])
             elif row["waiting_for"] == "person":

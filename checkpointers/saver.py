@@ -42,13 +42,10 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from durakit import faults
 from durakit.checkpointers import sql
+from durakit.errors import CheckpointNotFound, HistoryNeeded
 from durakit.lease import LEASE_EPOCH_KEY, lease_lost
 
 PRIMITIVES = (str, int, float, bool)
-
-
-class CheckpointNotFound(LookupError):
-    """`copy_thread(..., until=ID)` named a checkpoint the source thread does not have."""
 
 
 class _Statements:
@@ -171,10 +168,6 @@ def _id_list(thread_ids: Sequence[str]) -> list[str]:
     if isinstance(thread_ids, str):
         raise TypeError("expected a sequence of ids, not a str")
     return [str(thread_id) for thread_id in thread_ids]
-
-
-class HistoryNeeded(ValueError):
-    """`keep_latest` was asked to cut the history of a thread that uses a DeltaChannel."""
 
 
 class DurakitSaver(_Statements, PostgresSaver):

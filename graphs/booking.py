@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START
 from langgraph.runtime import Runtime
 
 from durakit.services import Services
@@ -33,7 +33,8 @@ from durakit.state.booking import (
     SlotChoice,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, ask_human, sleep_until, step
+from durakit.steps import ask_human, sleep_until
+from durakit.template_graph import TemplateGraph
 from durakit.templates import Template
 
 Context = Runtime[Services[BookingSettings]]
@@ -77,7 +78,6 @@ def await_choice(state: BookingState, runtime: Context) -> dict[str, Any]:
     choice = ask_human(
         f"Which of these slots does {state['customer_email']} want?",
         [*state["alternatives"], NONE_OF_THESE],
-        SlotChoice,
         question_id=f"choice:{state['rounds']}",
         requested_slot=state["requested_slot"],
     )
@@ -202,19 +202,19 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
 
 # The graph
 
-builder = StateGraph(BookingState, context_schema=Services)
-builder.add_node("check_availability", step(check_availability), retry_policy=TRANSIENT_RETRY)
-builder.add_node("hold_slot", step(hold_slot), retry_policy=TRANSIENT_RETRY)
-builder.add_node("propose_alternatives", step(propose_alternatives), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_choice", step(await_choice))
-builder.add_node("take_deposit", step(take_deposit), retry_policy=TRANSIENT_RETRY)
-builder.add_node("release_hold", step(release_hold), retry_policy=TRANSIENT_RETRY)
-builder.add_node("notify_payment_failed", step(notify_payment_failed), retry_policy=TRANSIENT_RETRY)
-builder.add_node("notify_no_slot", step(notify_no_slot), retry_policy=TRANSIENT_RETRY)
-builder.add_node("send_confirmation", step(send_confirmation), retry_policy=TRANSIENT_RETRY)
-builder.add_node("schedule_reminder", step(schedule_reminder), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_reminder", step(await_reminder))
-builder.add_node("send_reminder", step(send_reminder), retry_policy=TRANSIENT_RETRY)
+builder = TemplateGraph(BookingState)
+builder.add_node("check_availability", check_availability)
+builder.add_node("hold_slot", hold_slot)
+builder.add_node("propose_alternatives", propose_alternatives)
+builder.add_node("await_choice", await_choice, asks=SlotChoice)
+builder.add_node("take_deposit", take_deposit)
+builder.add_node("release_hold", release_hold)
+builder.add_node("notify_payment_failed", notify_payment_failed)
+builder.add_node("notify_no_slot", notify_no_slot)
+builder.add_node("send_confirmation", send_confirmation)
+builder.add_node("schedule_reminder", schedule_reminder)
+builder.add_node("await_reminder", await_reminder, sleeps=True)
+builder.add_node("send_reminder", send_reminder)
 
 builder.add_edge(START, "check_availability")
 builder.add_conditional_edges(
@@ -240,5 +240,4 @@ TEMPLATE = Template(
     builder=builder,
     initial_state=initial_state,
     summarize=summarize,
-    answers={"await_choice": SlotChoice},
 )

@@ -19,10 +19,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START
 from langgraph.runtime import Runtime
 
-from durakit.judgement import Account, RetentionOffer, offer_value
+from durakit.domain import Account, RetentionOffer
+from durakit.judgement import offer_value
 from durakit.questions import answer_command
 from durakit.services import Services
 from durakit.state.cancellation_save import (
@@ -33,7 +34,8 @@ from durakit.state.cancellation_save import (
     SupervisorAnswer,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, sleep_until, step
+from durakit.steps import Deadline, ask_human, sleep_until
+from durakit.template_graph import TemplateGraph
 from durakit.templates import Template, money
 
 Context = Runtime[Services[CancellationSettings]]
@@ -94,7 +96,6 @@ def await_supervisor(state: CancellationState, runtime: Context) -> dict[str, An
     answer = ask_human(
         f"Offer {describe(state['offer'])} to keep account {state['account_id']}?",
         ["approve", "reject"],
-        SupervisorAnswer,
         question_id=SUPERVISOR_QUESTION,
         deadline=Deadline(
             "supervisor_deadline", datetime.now(UTC) + timedelta(hours=hours), "reject",
@@ -124,7 +125,6 @@ def await_customer(state: CancellationState, runtime: Context) -> dict[str, Any]
     answer = ask_human(
         f"Did {state['account']['customer_email']} accept {describe(state['offer'])}?",
         ["accepted", "declined"],
-        CustomerAnswer,
         question_id="customer",
         account_id=state["account_id"],
     )
@@ -246,20 +246,20 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
 
 # The graph
 
-builder = StateGraph(CancellationState, context_schema=Services)
-builder.add_node("fetch_account", step(fetch_account), retry_policy=TRANSIENT_RETRY)
-builder.add_node("compute_offer", step(compute_offer), retry_policy=TRANSIENT_RETRY)
-builder.add_node("request_supervisor_approval", step(request_supervisor_approval), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_supervisor", step(await_supervisor))
-builder.add_node("present_offer", step(present_offer), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_customer", step(await_customer))
-builder.add_node("apply_retention", step(apply_retention), retry_policy=TRANSIENT_RETRY)
-builder.add_node("cancel_subscription", step(cancel_subscription), retry_policy=TRANSIENT_RETRY)
-builder.add_node("log_outcome", step(log_outcome), retry_policy=TRANSIENT_RETRY)
-builder.add_node("send_confirmation", step(send_confirmation), retry_policy=TRANSIENT_RETRY)
-builder.add_node("schedule_follow_up", step(schedule_follow_up), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_follow_up", step(await_follow_up))
-builder.add_node("check_follow_up", step(check_follow_up), retry_policy=TRANSIENT_RETRY)
+builder = TemplateGraph(CancellationState)
+builder.add_node("fetch_account", fetch_account)
+builder.add_node("compute_offer", compute_offer)
+builder.add_node("request_supervisor_approval", request_supervisor_approval)
+builder.add_node("await_supervisor", await_supervisor, asks=SupervisorAnswer)
+builder.add_node("present_offer", present_offer)
+builder.add_node("await_customer", await_customer, asks=CustomerAnswer)
+builder.add_node("apply_retention", apply_retention)
+builder.add_node("cancel_subscription", cancel_subscription)
+builder.add_node("log_outcome", log_outcome)
+builder.add_node("send_confirmation", send_confirmation)
+builder.add_node("schedule_follow_up", schedule_follow_up)
+builder.add_node("await_follow_up", await_follow_up, sleeps=True)
+builder.add_node("check_follow_up", check_follow_up)
 
 builder.add_edge(START, "fetch_account")
 builder.add_conditional_edges("fetch_account", after_fetch, ["compute_offer", END])
@@ -286,5 +286,4 @@ TEMPLATE = Template(
     builder=builder,
     initial_state=initial_state,
     summarize=summarize,
-    answers={"await_supervisor": SupervisorAnswer, "await_customer": CustomerAnswer},
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START
 from langgraph.runtime import Runtime
 
 from durakit.services import Services
@@ -31,7 +31,8 @@ from durakit.state.escalation import (
     EscalationState,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, step
+from durakit.steps import Deadline, ask_human
+from durakit.template_graph import TemplateGraph
 from durakit.templates import Template
 
 Context = Runtime[Services[EscalationSettings]]
@@ -95,7 +96,6 @@ def await_agent(state: EscalationState, runtime: Context) -> dict[str, Any]:
         f"Ticket {state['ticket']['ticket_id']} ({state['summary']['priority']}) in queue {state['queue']}: "
         f"{state['summary']['summary']}",
         [ACCEPT, *(REASSIGN + queue for queue in other_queues)],
-        AgentAnswer,
         question_id=f"agent:{state['round']}:{state.get('reminders', 0) + 1}",
         deadline=Deadline(
             f"reminder:{state['round']}:{state.get('reminders', 0) + 1}",
@@ -172,15 +172,15 @@ def summarize_result(state: dict[str, Any]) -> dict[str, Any]:
 
 # The graph
 
-builder = StateGraph(EscalationState, context_schema=Services)
-builder.add_node("fetch_history", step(fetch_history), retry_policy=TRANSIENT_RETRY)
-builder.add_node("summarize", step(summarize), retry_policy=TRANSIENT_RETRY)
-builder.add_node("create_ticket", step(create_ticket), retry_policy=TRANSIENT_RETRY)
-builder.add_node("assign_queue", step(assign_queue), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_agent", step(await_agent))
-builder.add_node("remind_queue", step(remind_queue), retry_policy=TRANSIENT_RETRY)
-builder.add_node("mark_accepted", step(mark_accepted), retry_policy=TRANSIENT_RETRY)
-builder.add_node("notify_customer", step(notify_customer), retry_policy=TRANSIENT_RETRY)
+builder = TemplateGraph(EscalationState)
+builder.add_node("fetch_history", fetch_history)
+builder.add_node("summarize", summarize)
+builder.add_node("create_ticket", create_ticket)
+builder.add_node("assign_queue", assign_queue)
+builder.add_node("await_agent", await_agent, asks=AgentAnswer)
+builder.add_node("remind_queue", remind_queue)
+builder.add_node("mark_accepted", mark_accepted)
+builder.add_node("notify_customer", notify_customer)
 
 builder.add_edge(START, "fetch_history")
 builder.add_edge("fetch_history", "summarize")
@@ -200,5 +200,4 @@ TEMPLATE = Template(
     builder=builder,
     initial_state=initial_state,
     summarize=summarize_result,
-    answers={"await_agent": AgentAnswer},
 )

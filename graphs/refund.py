@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START
 from langgraph.runtime import Runtime
 
 from durakit.questions import answer_command
@@ -32,7 +32,8 @@ from durakit.state.refund import (
     RefundState,
     initial_state,
 )
-from durakit.steps import TRANSIENT_RETRY, Deadline, ask_human, step
+from durakit.steps import Deadline, ask_human
+from durakit.template_graph import TemplateGraph
 from durakit.templates import Template, money
 
 Context = Runtime[Services[RefundSettings]]
@@ -101,7 +102,6 @@ def await_approval(state: RefundState, runtime: Context) -> dict[str, Any]:
     answer = ask_human(
         f"Refund {money(state['amount_cents'], order['currency'])} on order {state['order_id']}?",
         ["approve", "reject"],
-        ApprovalAnswer,
         question_id=approval_question(round_),
         deadline=Deadline(
             f"approval_deadline:{round_}",
@@ -235,16 +235,16 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
 
 # The graph
 
-builder = StateGraph(RefundState, context_schema=Services)
-builder.add_node("load_order", step(load_order), retry_policy=TRANSIENT_RETRY)
-builder.add_node("check_eligibility", step(check_eligibility), retry_policy=TRANSIENT_RETRY)
-builder.add_node("request_approval", step(request_approval), retry_policy=TRANSIENT_RETRY)
-builder.add_node("await_approval", step(await_approval))
-builder.add_node("escalate_approval", step(escalate_approval), retry_policy=TRANSIENT_RETRY)
-builder.add_node("issue_refund", step(issue_refund), retry_policy=TRANSIENT_RETRY)
-builder.add_node("sync_crm", step(sync_crm), retry_policy=TRANSIENT_RETRY)
-builder.add_node("notify_customer", step(notify_customer), retry_policy=TRANSIENT_RETRY)
-builder.add_node("write_audit", step(write_audit), retry_policy=TRANSIENT_RETRY)
+builder = TemplateGraph(RefundState)
+builder.add_node("load_order", load_order)
+builder.add_node("check_eligibility", check_eligibility)
+builder.add_node("request_approval", request_approval)
+builder.add_node("await_approval", await_approval, asks=ApprovalAnswer)
+builder.add_node("escalate_approval", escalate_approval)
+builder.add_node("issue_refund", issue_refund)
+builder.add_node("sync_crm", sync_crm)
+builder.add_node("notify_customer", notify_customer)
+builder.add_node("write_audit", write_audit)
 
 builder.add_edge(START, "load_order")
 builder.add_edge("load_order", "check_eligibility")
@@ -265,5 +265,4 @@ TEMPLATE = Template(
     builder=builder,
     initial_state=initial_state,
     summarize=summarize,
-    answers={"await_approval": ApprovalAnswer},
 )

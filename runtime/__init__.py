@@ -8,16 +8,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Runner", "ThreadView", "__version__"]
+__all__ = ["Runner", "Status", "ThreadView", "__version__"]
 
 if TYPE_CHECKING:
-    from durakit.runner import Runner, ThreadView
+    from durakit.record import Status
+    from durakit.runner import Runner
+    from durakit.views import ThreadView
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `durakit --help` does not pay for LangGraph.
-    if name in ("Runner", "ThreadView"):
-        from durakit import runner
+    if name == "Runner":
+        from durakit.runner import Runner
 
-        return getattr(runner, name)
+        return Runner
+    if name == "ThreadView":
+        from durakit.views import ThreadView
+
+        return ThreadView
+    if name == "Status":
+        from durakit.record import Status
+
+        return Status
     raise AttributeError(f"module 'durakit' has no attribute {name!r}")

@@ -41,13 +41,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from durakit.errors import Conflict, InvalidInput
+from durakit.errors import (
+    InvalidInput,
+    NotAuthorized,
+)
 
 ENV_VAR = "DURAKIT_AUTHORITY_FILE"
-
-
-class NotAuthorized(Conflict):
-    """The person answering lacks the authority the question needs."""
 
 
 class Rule(BaseModel):

@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from durakit.errors import DurakitError, InvalidInput, RunFailed
+from durakit.record import Status
 
 app = typer.Typer(
     help="Run customer-support agents as durable LangGraph workflows on PostgreSQL.\n\n"
@@ -61,7 +62,7 @@ def finish(view, as_json: bool) -> None:
         output.print_json(view.to_dict())
     else:
         output.show_thread(view)
-    if view.status == "failed":
+    if view.status is Status.FAILED:
         then = f"fix the cause and run `durakit resume {view.thread_id}`."
         if view.retry_at:
             then = (f"a worker retries it at {view.retry_at} (automatic retry {view.auto_retries} of "
@@ -341,7 +342,7 @@ def recover(as_json: JsonFlag = False) -> None:
     with open_runner() as runner:
         report = runner.recover()
     output.print_json(report.to_dict()) if as_json else output.show_recovery(report)
-    failed = [view.thread_id for view in report.resumed if view.status == "failed"] + list(report.errors)
+    failed = [view.thread_id for view in report.resumed if view.status is Status.FAILED] + list(report.errors)
     if failed:
         raise RunFailed(f"{len(failed)} thread(s) could not be completed: {', '.join(failed)}; see `durakit status`.")
 

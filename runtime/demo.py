@@ -16,7 +16,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from durakit.output import console
-from durakit.runner import Runner, ThreadView
+from durakit.record import Status
+from durakit.runner import Runner
+from durakit.views import ThreadView
 
 TOUR_ORDERS = ("ORD-42", "ORD-43")  # used by README's tour
 TOUR_ACCOUNT = "ACC-7"
@@ -35,11 +37,11 @@ def show(view: ThreadView, what: str = "") -> None:
 
 def sleeping(view: ThreadView) -> bool:
     """Waiting for a timer (a reminder, a follow-up), not for a person: its work is done until then."""
-    return view.status == "waiting" and not (view.interrupt or {}).get("decisions")
+    return view.question is not None and not view.question.for_person
 
 
 def done(view: ThreadView) -> bool:
-    return view.status == "completed" or sleeping(view)
+    return view.status is Status.COMPLETED or sleeping(view)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -103,8 +105,8 @@ def booking_story(runner: Runner, run_id: str) -> list[tuple[bool, ThreadView]]:
 
     act("Booking 2: the same slot is taken; the customer picks one of the nearest free slots")
     second = runner.run("booking", request("cy"))
-    show(second, f"(offered: {', '.join(second.interrupt['decisions'])})")
-    choice = second.interrupt["decisions"][0]
+    show(second, f"(offered: {', '.join(second.question.decisions)})")
+    choice = second.question.decisions[0]
     console.print(f"  runner.approve({second.thread_id!r}, {choice!r}, by='cy')")
     show(runner.approve(second.thread_id, choice, by="cy"))
 

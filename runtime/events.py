@@ -18,8 +18,9 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from durakit.encryption import open_json, seal_json
+from durakit.encryption import EVENT_DETAIL
 from durakit.lease import FENCE_CTE, Lease, lease_lost
+from durakit.sqltext import utc_text
 
 INSERT_SQL = "INSERT INTO durakit_events (thread_id, kind, node, detail) VALUES (%s, %s, %s, %s)"
 # An event a run records on its own, outside a transaction of the registry: fenced by
@@ -29,14 +30,14 @@ WITH {FENCE_CTE}
 INSERT INTO durakit_events (thread_id, kind, node, detail)
 SELECT %(thread_id)s, %(kind)s, %(node)s, %(detail)s WHERE EXISTS (SELECT 1 FROM fence)
 """
-THREAD_EVENTS_SQL = """
-SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at, kind, node, detail
+THREAD_EVENTS_SQL = f"""
+SELECT id, {utc_text('at', millis=True)} AS at, kind, node, detail
 FROM durakit_events WHERE thread_id = %s ORDER BY id
 """
 
 
 def _stored(thread_id: str, kind: str, node: str | None, detail: dict[str, Any]) -> Jsonb:
-    return Jsonb(seal_json(detail, "durakit_events.detail", thread_id, kind, node or "") if detail else detail)
+    return Jsonb(EVENT_DETAIL.seal(detail, thread_id, kind, node))  # no detail stays {} in clear
 
 
 def insert(conn: Connection, thread_id: str, kind: str, node: str | None = None, **detail: Any) -> None:
@@ -66,6 +67,5 @@ class EventLog:
         with self.pool.connection() as conn:
             rows = conn.execute(THREAD_EVENTS_SQL, (thread_id,)).fetchall()
         for row in rows:
-            if row["detail"]:  # an event without detail stores {} in clear
-                row["detail"] = open_json(row["detail"], "durakit_events.detail", thread_id, row["kind"], row["node"] or "")
+            row["detail"] = EVENT_DETAIL.open(row["detail"], thread_id, row["kind"], row["node"])
         return rows

@@ -9,6 +9,9 @@ nothing of it is saved yet) or `after_writes` (the node's output is saved as pen
 writes, the next checkpoint is not). NODE `__settle__` with POINT `before` is the moment
 a run has saved its last checkpoint and is about to write where the thread stands into
 the registry.
+
+`crash_in_process(node, point)` is the same fault for a test in one process (used by
+`durakit.testing`): there the point raises `SimulatedCrash` instead of killing anything.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from durakit.errors import InvalidInput
 
@@ -41,8 +48,43 @@ def configured() -> tuple[str, str, str] | None:
     return node, point, action
 
 
+class SimulatedCrash(BaseException):
+    """The process "died" at a fault point (`crash_in_process`). A BaseException, so that
+    neither a node's retry policy nor LangGraph's error handling takes it for a failure
+    of the node and records it: like SIGKILL, it leaves only what was already saved."""
+
+
+@dataclass
+class InProcessCrash:
+    node: str
+    point: str
+    happened: bool = False  # once true, the "process" is dead: nothing it does may count
+
+
+_in_process: ContextVar[InProcessCrash | None] = ContextVar("durakit_in_process_crash", default=None)
+
+
+@contextmanager
+def crash_in_process(node: str, point: str) -> Iterator[InProcessCrash]:
+    """Within the block (and the threads LangGraph starts from it), the first time `node`
+    reaches `point`, raise `SimulatedCrash` instead of going on."""
+    if point not in POINTS:
+        raise InvalidInput(f"A crash point must be one of {', '.join(POINTS)}, not {point!r}.")
+    crash = InProcessCrash(node, point)
+    token = _in_process.set(crash)
+    try:
+        yield crash
+    finally:
+        _in_process.reset(token)
+
+
 def maybe_kill(node: str, point: str) -> None:
-    """SIGKILL (or freeze) this process if DURAKIT_FAULT names this node and point."""
+    """SIGKILL (or freeze) this process if DURAKIT_FAULT names this node and point; in a
+    `crash_in_process` block that names them, raise `SimulatedCrash` instead."""
+    crash = _in_process.get()
+    if crash is not None and not crash.happened and (crash.node, crash.point) == (node, point):
+        crash.happened = True
+        raise SimulatedCrash(f"simulated crash at {node}:{point}")
     fault = configured()
     if fault is not None and fault[:2] == (node, point):
         sys.stdout.flush()

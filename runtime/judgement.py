@@ -11,63 +11,22 @@ what it does then (fall back to these rules, or hand the case to a person).
 from __future__ import annotations
 
 import os
-from typing import Literal, Protocol, TypedDict
+from typing import Protocol
 
-from durakit.adapters import Order
-
-RiskLevel = Literal["low", "medium", "high"]
-Priority = Literal["low", "normal", "high", "urgent"]
+from durakit.domain import (
+    Account,
+    Conversation,
+    ConversationSummary,
+    Order,
+    Priority,
+    RetentionOffer,
+    RiskAssessment,
+    RiskLevel,
+    Usage,
+)
 
 ESCALATION_WORDS = ("chargeback", "fraud", "lawyer", "stolen", "police", "dispute")
 URGENT_WORDS = ("outage", "down", "cannot log in", "can't log in", "data loss", "security", "breach")
-
-
-class MalformedAnswer(Exception):
-    """The model answered, but not with something the schema allows."""
-
-
-class RiskAssessment(TypedDict):
-    risk: RiskLevel
-    score: int  # 0..100
-    reasons: list[str]
-    assessed_by: str  # "rules" or the model's name
-
-
-class Account(TypedDict):
-    account_id: str
-    customer_id: str
-    customer_email: str
-    plan: str
-    monthly_price_cents: int
-    months_active: int
-    status: str  # active, cancelled
-
-
-class Usage(TypedDict):
-    days_active: int  # of the last 30
-    sessions: int
-    support_tickets: int
-
-
-class RetentionOffer(TypedDict):
-    percent_off: int  # 0..100; 0 means no offer
-    months: int  # how long the discount lasts
-    value_cents: int  # percent_off of the monthly price, times months
-    rationale: str
-    offered_by: str
-
-
-class Conversation(TypedDict):
-    customer_id: str
-    subject: str
-    message: str  # the customer's latest words
-    history: list[str]  # earlier interactions, newest first
-
-
-class ConversationSummary(TypedDict):
-    summary: str  # at most a few sentences
-    priority: Priority
-    summarized_by: str
 
 
 class Judgement(Protocol):

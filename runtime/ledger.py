@@ -20,7 +20,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from durakit import faults
-from durakit.encryption import open_json, seal_json
+from durakit.encryption import EFFECT_REQUEST, EFFECT_RESULT
+from durakit.errors import LedgerMismatch
 from durakit.lease import FENCE_CTE, Lease, lease_lost
 
 # Every write of the ledger is fenced by the run's lease (`durakit.lease`): a process
@@ -62,18 +63,10 @@ ORDER BY e.started_at, e.step_key
 """
 
 
-class LedgerMismatch(Exception):
-    """A step ran again with a different request than the one recorded: refusing to act."""
-
-
-def _sealed(value: Any, column: str, thread_id: str, step: str) -> Jsonb:
-    return Jsonb(seal_json(value, f"durakit_effects.{column}", thread_id, step))
-
-
 def _opened(row: dict[str, Any], thread_id: str) -> dict[str, Any]:
     """A ledger row with its request and result decrypted."""
-    for column in ("request", "result"):
-        row[column] = open_json(row[column], f"durakit_effects.{column}", thread_id, row["step_key"])
+    for sealed in (EFFECT_REQUEST, EFFECT_RESULT):
+        row[sealed.column] = sealed.open(row[sealed.column], thread_id, row["step_key"])
     return row
 
 
@@ -110,7 +103,7 @@ class EffectLedger:
             **params,
             "system": system,
             "key": idempotency_key(self.thread_id, step),
-            "request": _sealed(request, "request", self.thread_id, step),
+            "request": Jsonb(EFFECT_REQUEST.seal(request, self.thread_id, step)),
         }
         with self.pool.connection() as conn:
             recorded = self._fenced(conn.execute(START_SQL, start).fetchone())
@@ -128,7 +121,8 @@ class EffectLedger:
         result = call(recorded["idempotency_key"])
         faults.maybe_kill(node or step, "after_effect")
         with self.pool.connection() as conn:
-            finished = conn.execute(FINISH_SQL, {**params, "result": _sealed(result, "result", self.thread_id, step)})
+            sealed = Jsonb(EFFECT_RESULT.seal(result, self.thread_id, step))
+            finished = conn.execute(FINISH_SQL, {**params, "result": sealed})
         if not finished.rowcount:
             raise lease_lost(self.thread_id)
         return result
@@ -167,8 +161,8 @@ def inherit(conn: Connection, source_thread_id: str, fork_thread_id: str) -> int
                 **row,
                 "thread_id": fork_thread_id,
                 "inherited_from": source_thread_id,
-                "request": _sealed(row["request"], "request", fork_thread_id, step),
-                "result": None if row["result"] is None else _sealed(row["result"], "result", fork_thread_id, step),
+                "request": Jsonb(EFFECT_REQUEST.seal(row["request"], fork_thread_id, step)),
+                "result": None if row["result"] is None else Jsonb(EFFECT_RESULT.seal(row["result"], fork_thread_id, step)),
             },
         )
     return len(rows)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import ConnectionPool
 
+from durakit.record import Status
+
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
@@ -57,7 +59,7 @@ def run_started(template: str) -> None:
 
 
 def run_ended(template: str, status: str) -> None:
-    if status in ("completed", "failed") and _runs:
+    if status in (Status.COMPLETED, Status.FAILED) and _runs:
         _runs[status].labels(template).inc()
 
 

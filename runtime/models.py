@@ -18,20 +18,19 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field, ValidationError
 
-from durakit.adapters import Order
-from durakit.errors import InvalidInput
-from durakit.judgement import (
+from durakit.domain import (
     Account,
     Conversation,
     ConversationSummary,
-    MalformedAnswer,
+    Order,
     Priority,
     RetentionOffer,
     RiskAssessment,
     RiskLevel,
     Usage,
-    offer_value,
 )
+from durakit.errors import InvalidInput, MalformedAnswer
+from durakit.judgement import offer_value
 from durakit.templates import money
 
 

@@ -14,7 +14,7 @@ from durakit.questions import answer_command
 
 if TYPE_CHECKING:
     from durakit.retention import PruneReport
-    from durakit.runner import RecoveryReport, ThreadPage, ThreadView
+    from durakit.views import RecoveryReport, ThreadPage, ThreadView
 
 # Piped output is not cut to 80 columns: ids and questions stay whole in logs and pagers.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -49,14 +49,15 @@ def show_thread(view: ThreadView) -> None:
         console.print(f"  forked into {view.superseded_by}, which alone goes on", markup=False)
     if view.queued and not view.retry_at:
         console.print("  queued for a worker (`durakit worker` runs it)")
-    if view.interrupt and not view.interrupt.get("decisions"):
-        console.print(f"  sleeping at {plain(view.interrupt.get('node'))} until {view.interrupt.get('wakes_at')} "
-                      f"({plain(view.interrupt.get('timer'))}); a worker wakes it")
-    elif view.interrupt:
-        console.print(f"  waiting at {plain(view.interrupt.get('node'))} for: {plain(view.interrupt.get('question'))}")
-        if view.interrupt.get("on_deadline"):
-            console.print(f"  deadline {view.interrupt.get('wakes_at')}: then {plain(view.interrupt['on_deadline'])}")
-        command = answer_command(view.thread_id, view.question_id, "|".join(view.interrupt.get("decisions") or []))
+    question = view.question
+    if question is not None and not question.for_person:
+        console.print(f"  sleeping at {plain(question.node)} until {question.wakes_at} "
+                      f"({plain(question.timer)}); a worker wakes it")
+    elif question is not None:
+        console.print(f"  waiting at {plain(question.node)} for: {plain(question.text)}")
+        if question.on_deadline:
+            console.print(f"  deadline {question.wakes_at}: then {plain(question.on_deadline)}")
+        command = answer_command(view.thread_id, question.name, "|".join(question.decisions))
         console.print(f"  answer with: {plain(command)} --by NAME")
     if view.result:
         console.print("  result: " + plain(", ".join(
@@ -147,7 +148,7 @@ def show_threads(page: ThreadPage, *, empty: str) -> None:
         status = view.status + (" (stale)" if view.stale else "") + (" (queued)" if view.queued and not view.retry_at else "")
         status += " (forked)" if view.superseded_by else ""
         status += f" (retry at {short_time(view.retry_at)})" if view.retry_at else ""
-        note = (view.interrupt or {}).get("question") or view.error or ""
+        note = (view.question.text if view.question else None) or view.error or ""
         table.add_row(view.thread_id, view.template, status, str(view.attempts), short_time(view.updated_at),
                       short_time(view.next_wake), plain(note))
     console.print(table)

@@ -19,8 +19,18 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from durakit import timers
-from durakit.encryption import open_json, open_text, seal_json, seal_text
+from durakit.encryption import (
+    DECISION_ANSWER,
+    DECISION_NOTE,
+    DECISION_QUESTION,
+    THREAD_INTERRUPT,
+    THREAD_LAST_ERROR,
+    THREAD_REQUEST,
+    THREAD_RESULT,
+)
 from durakit.lease import LEASE_HELD_SQL
+from durakit.record import Question, ThreadRecord
+from durakit.sqltext import utc_text
 
 # A run of the thread waits in the job queue for a worker (`durakit.jobs`).
 QUEUED_SQL = """EXISTS (
@@ -41,13 +51,13 @@ TAKEN_SQL = f"""EXISTS (
 THREAD_COLUMNS = f"""
     t.thread_id, t.template, t.status, t.request, t.business_key, t.superseded_by, t.result, t.interrupt, t.attempts,
     t.last_error, t.error_node, t.lease_owner,
-    to_char(t.leased_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS leased_at,
-    to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at,
-    to_char(t.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS updated_at,
+    {utc_text('t.leased_at')} AS leased_at,
+    {utc_text('t.created_at')} AS created_at,
+    {utc_text('t.updated_at')} AS updated_at,
     {LEASE_HELD_SQL.format(thread_id="t.thread_id")} AS lease_held,
     t.worker_managed, t.waiting_for,
-    to_char(t.retry_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS retry_at, t.auto_retries, t.retry_limit,
-    (SELECT to_char(min(tm.due_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') FROM durakit_timers tm
+    {utc_text('t.retry_at')} AS retry_at, t.auto_retries, t.retry_limit,
+    (SELECT {utc_text('min(tm.due_at)')} FROM durakit_timers tm
      WHERE tm.thread_id = t.thread_id AND tm.status = 'scheduled') AS next_wake,
     {QUEUED_SQL.format(thread_id="t.thread_id")} AS queued,
     {TAKEN_SQL.format(thread_id="t.thread_id")} AS taken
@@ -101,11 +111,13 @@ WHERE thread_id = %s
 
 MARK_RUNNING_SQL = "UPDATE durakit_threads SET status = 'running', updated_at = now() WHERE thread_id = %s"
 
-SETTLE_SQL = """
-UPDATE durakit_threads
+# Returns the thread as it stands now, so settling a run reads its row no second time.
+SETTLE_SQL = f"""
+UPDATE durakit_threads AS t
 SET status = %(status)s, result = %(result)s, interrupt = %(interrupt)s, waiting_for = %(waiting_for)s,
     last_error = %(error)s, error_node = %(error_node)s, updated_at = now()
-WHERE thread_id = %(thread_id)s
+WHERE t.thread_id = %(thread_id)s
+RETURNING {THREAD_COLUMNS}
 """
 
 DECISION_SQL = """
@@ -116,16 +128,16 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 GET_DECISION_SQL = "SELECT answer FROM durakit_decisions WHERE thread_id = %s AND interrupt_id = %s"
 
-FIND_DECISION_SQL = """
-SELECT decided_by, to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS decided_at
+FIND_DECISION_SQL = f"""
+SELECT decided_by, {utc_text('decided_at')} AS decided_at
 FROM durakit_decisions WHERE thread_id = %s AND interrupt_id = %s
 """
 
 WITHDRAW_DECISION_SQL = "DELETE FROM durakit_decisions WHERE thread_id = %s AND interrupt_id = %s"
 
-THREAD_DECISIONS_SQL = """
+THREAD_DECISIONS_SQL = f"""
 SELECT interrupt_id, node, question, decision, decided_by, note, authorized_as,
-       to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS decided_at
+       {utc_text('decided_at')} AS decided_at
 FROM durakit_decisions WHERE thread_id = %s ORDER BY decided_at
 """
 
@@ -169,14 +181,19 @@ def _open_thread(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     thread_id = row["thread_id"]
-    for column in ("request", "result", "interrupt"):
-        row[column] = open_json(row[column], f"durakit_threads.{column}", thread_id)
-    row["last_error"] = open_text(row["last_error"], "durakit_threads.last_error", thread_id)
+    for sealed in (THREAD_REQUEST, THREAD_RESULT, THREAD_INTERRUPT, THREAD_LAST_ERROR):
+        row[sealed.column] = sealed.open(row[sealed.column], thread_id)
     return row
 
 
 def get(conn: Connection, thread_id: str) -> dict[str, Any] | None:
     return _open_thread(conn.execute(GET_SQL, (thread_id,)).fetchone())
+
+
+def record(conn: Connection, thread_id: str) -> ThreadRecord | None:
+    """The thread's row, typed."""
+    row = get(conn, thread_id)
+    return None if row is None else ThreadRecord.from_row(row)
 
 
 def list_threads(
@@ -188,14 +205,14 @@ def list_threads(
     limit: int = 100,
     offset: int = 0,
     oldest_first: bool = False,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[ThreadRecord], int]:
     """One page of the threads that match, and how many match in all."""
     params = {"status": status, "template": template, "waiting_for": waiting_for, "limit": limit, "offset": offset}
     with conn.transaction():
         conn.execute(ONE_SNAPSHOT_SQL)
         rows = conn.execute(LIST_OLDEST_SQL if oldest_first else LIST_NEWEST_SQL, params).fetchall()
         total = conn.execute(COUNT_SQL, params).fetchone()["total"]
-    return [_open_thread(row) for row in rows], total
+    return [ThreadRecord.from_row(_open_thread(row)) for row in rows], total
 
 
 def orphans(conn: Connection, limit: int = 10_000) -> list[str]:
@@ -212,7 +229,7 @@ def create(
     worker_managed: bool = False,
 ) -> bool:
     """Register a new thread; False if the id is taken."""
-    stored = Jsonb(seal_json(request, "durakit_threads.request", thread_id))
+    stored = Jsonb(THREAD_REQUEST.seal(request, thread_id))
     return conn.execute(CREATE_SQL, (thread_id, template, stored, business_key, worker_managed)).rowcount == 1
 
 
@@ -229,21 +246,22 @@ def settle(
     interrupt: dict[str, Any] | None = None,
     error: str | None = None,
     error_node: str | None = None,
-) -> None:
-    conn.execute(
+) -> ThreadRecord:
+    """Write where the thread stands; returns it as it stands then (timers and queue
+    included, as far as this transaction has changed them)."""
+    row = conn.execute(
         SETTLE_SQL,
         {
             "thread_id": thread_id,
             "status": status,
-            "result": Jsonb(seal_json(result, "durakit_threads.result", thread_id)) if result is not None else None,
-            "interrupt": (
-                Jsonb(seal_json(interrupt, "durakit_threads.interrupt", thread_id)) if interrupt is not None else None
-            ),
-            "waiting_for": None if interrupt is None else ("person" if interrupt.get("decisions") else "timer"),
-            "error": seal_text(error, "durakit_threads.last_error", thread_id),
+            "result": Jsonb(THREAD_RESULT.seal(result, thread_id)) if result is not None else None,
+            "interrupt": Jsonb(THREAD_INTERRUPT.seal(interrupt, thread_id)) if interrupt is not None else None,
+            "waiting_for": None if interrupt is None else Question.from_interrupt(interrupt).waiting_for,
+            "error": THREAD_LAST_ERROR.seal(error, thread_id),
             "error_node": error_node,
         },
-    )
+    ).fetchone()
+    return ThreadRecord.from_row(_open_thread(row))
 
 
 def record_decision(
@@ -264,11 +282,11 @@ def record_decision(
                     thread_id,
                     interrupt["id"],
                     interrupt.get("node"),
-                    seal_text(interrupt.get("question"), "durakit_decisions.question", *row),
+                    DECISION_QUESTION.seal(interrupt.get("question"), *row),
                     answer["decision"],
                     answer["by"],
-                    seal_text(answer.get("note"), "durakit_decisions.note", *row),
-                    Jsonb(seal_json(answer, "durakit_decisions.answer", *row)),
+                    DECISION_NOTE.seal(answer.get("note"), *row),
+                    Jsonb(DECISION_ANSWER.seal(answer, *row)),
                     authorized_as,
                 ),
             )
@@ -280,7 +298,7 @@ def record_decision(
 
 def decision_for(conn: Connection, thread_id: str, interrupt_id: str) -> dict[str, Any] | None:
     row = conn.execute(GET_DECISION_SQL, (thread_id, interrupt_id)).fetchone()
-    return open_json(row["answer"], "durakit_decisions.answer", thread_id, interrupt_id) if row else None
+    return DECISION_ANSWER.open(row["answer"], thread_id, interrupt_id) if row else None
 
 
 def who_decided(conn: Connection, thread_id: str, interrupt_id: str) -> dict[str, Any] | None:
@@ -294,8 +312,8 @@ def withdraw_decision(conn: Connection, thread_id: str, interrupt_id: str) -> No
 def decisions(conn: Connection, thread_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(THREAD_DECISIONS_SQL, (thread_id,)).fetchall()
     for row in rows:
-        for column in ("question", "note"):
-            row[column] = open_text(row[column], f"durakit_decisions.{column}", thread_id, row["interrupt_id"])
+        for sealed in (DECISION_QUESTION, DECISION_NOTE):
+            row[sealed.column] = sealed.open(row[sealed.column], thread_id, row["interrupt_id"])
     return rows
 
 

@@ -25,7 +25,8 @@ from psycopg_pool import ConnectionPool
 
 from durakit import events
 from durakit.checkpointers import sql
-from durakit.checkpointers.saver import DurakitSaver, HistoryNeeded
+from durakit.checkpointers.saver import DurakitSaver
+from durakit.errors import HistoryNeeded
 from durakit.lease import ThreadLocks
 
 # Per completed thread: whether it is past the age, how many checkpoints it has, how

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from durakit.adapters import CRM, AuditLog, Billing, Calendar, Notifier, Ticketing
+from durakit.errors import MalformedAnswer
 from durakit.events import EventLog
-from durakit.judgement import Judgement, MalformedAnswer, RulesJudgement
+from durakit.judgement import Judgement, RulesJudgement
 from durakit.ledger import EffectLedger
 from durakit.timers import Timers
 
@@ -30,6 +31,11 @@ class Adapters:
     calendar: Calendar
     ticketing: Ticketing
 
+    @classmethod
+    def all(cls, system: Any) -> Adapters:
+        """One object standing in for every outside system (the sandbox does)."""
+        return cls(billing=system, crm=system, notifier=system, audit=system, calendar=system, ticketing=system)
+
 
 @dataclass(frozen=True)
 class Services(Generic[SettingsT]):
@@ -39,13 +45,34 @@ class Services(Generic[SettingsT]):
     effects: EffectLedger
     timers: Timers
     events: EventLog
-    billing: Billing
-    crm: CRM
-    notifier: Notifier
-    audit: AuditLog
-    calendar: Calendar
-    ticketing: Ticketing
+    adapters: Adapters
     judgement: Judgement
+
+    # The outside systems, as nodes name them (`runtime.context.billing`).
+
+    @property
+    def billing(self) -> Billing:
+        return self.adapters.billing
+
+    @property
+    def crm(self) -> CRM:
+        return self.adapters.crm
+
+    @property
+    def notifier(self) -> Notifier:
+        return self.adapters.notifier
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.adapters.audit
+
+    @property
+    def calendar(self) -> Calendar:
+        return self.adapters.calendar
+
+    @property
+    def ticketing(self) -> Ticketing:
+        return self.adapters.ticketing
 
     def send_email(self, step: str, *, to: str, subject: str, body: str, node: str | None = None) -> dict[str, Any]:
         """Send an email through the ledger: once per (thread, step), whatever happens."""

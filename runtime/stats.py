@@ -13,6 +13,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from durakit import jobs
+from durakit.sqltext import utc_text
 
 # Forks' sources are left out: the fork carries the thread on.
 TEMPLATES_SQL = """
@@ -38,8 +39,8 @@ GROUP BY t.template, e.node ORDER BY t.template, e.node
 """
 
 # Failed threads a worker retries on its own (`durakit.retries`).
-RETRYING_SQL = """
-SELECT count(*) AS threads, to_char(min(retry_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS next_at
+RETRYING_SQL = f"""
+SELECT count(*) AS threads, {utc_text('min(retry_at)')} AS next_at
 FROM durakit_threads WHERE status = 'failed' AND retry_at IS NOT NULL AND superseded_by IS NULL
 """
 

@@ -1,11 +1,13 @@
 """Building blocks for template nodes.
 
-- `step(fn)` wraps a node function so DURAKIT_FAULT can kill the process around it
-  and each retry is written to the event log.
+- `step(fn, name)` wraps a node function so DURAKIT_FAULT can kill the process around it
+  and each retry is written to the event log. Templates do not call it:
+  `durakit.template_graph.TemplateGraph.add_node` applies it, and the retry policy, to every node.
 - `TRANSIENT_RETRY` is the retry policy for nodes that talk to the outside world:
   exponential backoff with jitter, on the errors `is_transient` names, and on no others.
 - `ask_human(...)` pauses the thread until a person answers it with `durakit approve`,
-  or until its deadline passes, whichever comes first.
+  or until its deadline passes, whichever comes first; the answer is validated as the
+  model the node was added with (`add_node(..., asks=Model)`).
 - `sleep_until(...)` pauses the thread until a time; a worker wakes it.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,10 +25,10 @@ import psycopg
 from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import RetryPolicy, interrupt
-from pydantic import BaseModel
 
 from durakit import db, faults, metrics
-from durakit.adapters import TransientAdapterError
+from durakit.errors import InvalidTemplate, TransientAdapterError
+from durakit.templates import HumanAnswer
 from durakit.timers import TIMER
 
 # The one place that says which failures are worth retrying. Anything else is fatal:
@@ -69,13 +72,16 @@ TRANSIENT_RETRY = RetryPolicy(
 StateT = TypeVar("StateT")
 ContextT = TypeVar("ContextT")
 NodeFn = Callable[[StateT, Runtime[ContextT]], dict[str, Any]]
-AnswerT = TypeVar("AnswerT", bound=BaseModel)
+
+# The answer model of the node running now, if it asks a person (set by `step`).
+_answer_model: ContextVar[type[HumanAnswer] | None] = ContextVar("answer_model", default=None)
 
 
-def step(fn: NodeFn) -> NodeFn:
-    """The node `fn`, with DURAKIT_FAULT's `before`/`after` points and retry events; it
-    refuses to start if this process has lost the thread's lock."""
-    name = fn.__name__
+def step(fn: NodeFn, name: str | None = None, *, asks: type[HumanAnswer] | None = None) -> NodeFn:
+    """The node `fn` (named `name`), with DURAKIT_FAULT's `before`/`after` points and retry
+    events; it refuses to start if this process has lost the thread's lock. `asks` is the
+    model `ask_human` validates the node's answer with."""
+    name = name or fn.__name__
 
     def node(state: Any, runtime: Runtime[Any]) -> dict[str, Any]:
         runtime.context.ensure_held()
@@ -85,9 +91,11 @@ def step(fn: NodeFn) -> NodeFn:
             runtime.context.events.record(runtime.context.thread_id, "retried", name, attempt=attempt)
             metrics.step_retried(name)
         started = time.perf_counter()
+        asking = _answer_model.set(asks)
         try:
             update = fn(state, runtime)
         finally:
+            _answer_model.reset(asking)
             metrics.step_finished(name, time.perf_counter() - started)
         faults.maybe_kill(name, "after")
         return update
@@ -95,6 +103,7 @@ def step(fn: NodeFn) -> NodeFn:
     node.__name__ = name
     node.__qualname__ = fn.__qualname__
     node.__doc__ = fn.__doc__
+    node.step_of = fn  # marks a node the kit wrapped
     return node
 
 
@@ -119,13 +128,13 @@ def current_node() -> str:
 def ask_human(
     question: str,
     decisions: Sequence[str],
-    answer: type[AnswerT],
     *,
     question_id: str | None = None,
     deadline: Deadline | None = None,
     **details: Any,
-) -> AnswerT:
-    """Wait for a person's answer and return it, validated as `answer`.
+) -> HumanAnswer:
+    """Wait for a person's answer and return it, validated as the answer model the node
+    was added with (`add_node(name, fn, asks=Model)`).
 
     The first time, this stops the run: the thread becomes `waiting`, and `durakit
     pending` shows `question` with the allowed `decisions` and `details` (JSON values).
@@ -142,6 +151,9 @@ def ask_human(
     With a `deadline`, a worker answers `deadline.decision` (by "durakit:timer") if
     nobody has answered when it passes; an answer given before cancels the timer.
     """
+    answer = _answer_model.get()
+    if answer is None:
+        raise InvalidTemplate(f"Node {current_node()!r} asks a person but was added without its answer model (asks=...).")
     payload: dict[str, Any] = {"question": question, "decisions": list(decisions), **details}
     if question_id is not None:
         payload["question_id"] = question_id

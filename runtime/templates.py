@@ -1,22 +1,27 @@
 """What the runner needs to know about a template, in one record.
 
-A template module builds its `StateGraph` and ends with a `TEMPLATE = Template(...)`
-line; `durakit.graphs` lists them by name.
+A template module builds its graph with `durakit.template_graph.TemplateGraph` and ends
+with a `TEMPLATE = Template(...)` line; `durakit.graphs` lists them by name. Building the
+`Template` checks the kit's rules: a graph node added around `TemplateGraph.add_node`, or
+an input field without a description, is refused with a sentence naming it.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from durakit.errors import InvalidTemplate
+
 if TYPE_CHECKING:
-    from langgraph.graph import StateGraph
     from pydantic_settings import BaseSettings
+
+    from durakit.template_graph import TemplateGraph
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # order, ticket and customer ids
 
@@ -73,12 +78,35 @@ class Template:
     description: str
     request_model: type[TemplateRequest]
     settings_model: type[BaseSettings]
-    builder: StateGraph
+    builder: TemplateGraph
     initial_state: Callable[[Any], dict[str, Any]]
     summarize: Callable[[dict[str, Any]], dict[str, Any]]
-    answers: dict[str, type[BaseModel]] = field(default_factory=dict)
-    """The answer model of each node that asks a person, so an answer is checked before
-    anything is written."""
+
+    def __post_init__(self) -> None:
+        """Refuse a template that breaks the kit's rules, naming what breaks them."""
+        rules = getattr(self.builder, "node_rules", {})
+        if unruled := [node for node in self.builder.nodes if node not in rules]:
+            raise InvalidTemplate(
+                f"Template {self.name!r}: {listing('node', unruled)} bypassed the kit's step wrapper and retry "
+                "policy; add each with TemplateGraph.add_node (durakit.template_graph)."
+            )
+        fields = self.request_model.model_fields
+        if undescribed := [name for name, info in fields.items() if not info.description]:
+            raise InvalidTemplate(
+                f"Template {self.name!r}: no description for {listing('input field', undescribed)} of "
+                f"{self.request_model.__name__}; give each one with Field(description=...)."
+            )
+
+    @property
+    def answers(self) -> dict[str, type[HumanAnswer]]:
+        """The answer model of each node that asks a person (as declared with `asks=`), so
+        an answer is checked before anything is written."""
+        return {node: rules.asks for node, rules in self.builder.node_rules.items() if rules.asks is not None}
 
     def thread_id_for(self, request: TemplateRequest) -> str:
         return f"{self.name}-{request.business_key()}"
+
+
+def listing(noun: str, names: list[str]) -> str:
+    """("node", ["a"]) -> "node 'a'"; ("node", ["a", "b"]) -> "nodes 'a', 'b'"."""
+    return f"{noun}{'' if len(names) == 1 else 's'} {', '.join(repr(name) for name in names)}"

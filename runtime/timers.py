@@ -23,13 +23,13 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from durakit import jobs
-from durakit.encryption import open_json, seal_json
+from durakit.encryption import TIMER_PAYLOAD
 from durakit.lease import Lease
+from durakit.sqltext import utc_text
 
 # Who answers for a timer, in the decisions table and in the answers nodes receive.
 TIMER = "durakit:timer"
 
-UTC_TEXT = """to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
 
 INSERT_SQL = """
 INSERT INTO durakit_timers (thread_id, name, due_at, payload, node) VALUES (%(thread_id)s, %(name)s, %(due_at)s, %(payload)s, %(node)s)
@@ -37,8 +37,8 @@ ON CONFLICT (thread_id, name) DO NOTHING
 """
 SET_JOB_SQL = "UPDATE durakit_timers SET job_id = %s WHERE thread_id = %s AND name = %s"
 GET_SQL = f"""
-SELECT name, node, {UTC_TEXT.format(column="due_at")} AS due_at, due_at <= now() AS due, status, payload, job_id,
-       {UTC_TEXT.format(column="fired_at")} AS fired_at, before_workers
+SELECT name, node, {utc_text('due_at')} AS due_at, due_at <= now() AS due, status, payload, job_id,
+       {utc_text('fired_at')} AS fired_at, before_workers
 FROM durakit_timers WHERE thread_id = %s AND name = %s
 """
 CANCEL_SQL = """
@@ -61,12 +61,12 @@ CANCEL_ALL_SQL = "UPDATE durakit_timers SET status = 'cancelled' WHERE thread_id
 FIRED_SQL = "UPDATE durakit_timers SET status = 'fired', fired_at = now() WHERE thread_id = %s AND name = %s"
 MOVE_SQL = "UPDATE durakit_timers SET due_at = %s WHERE thread_id = %s AND name = %s AND status = 'scheduled' RETURNING job_id"
 THREAD_TIMERS_SQL = f"""
-SELECT name, node, {UTC_TEXT.format(column="due_at")} AS due_at, status, payload, {UTC_TEXT.format(column="fired_at")} AS fired_at
+SELECT name, node, {utc_text('due_at')} AS due_at, status, payload, {utc_text('fired_at')} AS fired_at
 FROM durakit_timers WHERE thread_id = %s ORDER BY due_at, name
 """
 # Every timer still to fire, soonest first (`durakit timers`).
 SCHEDULED_SQL = f"""
-SELECT t.thread_id, t.name, t.node, {UTC_TEXT.format(column="t.due_at")} AS due_at, th.template,
+SELECT t.thread_id, t.name, t.node, {utc_text('t.due_at')} AS due_at, th.template,
        t.due_at <= now() AS overdue
 FROM durakit_timers t JOIN durakit_threads th USING (thread_id)
 WHERE t.status = 'scheduled'
@@ -89,7 +89,7 @@ class Timers:
         (name and due_at, ISO 8601 UTC)."""
         with self.pool.connection() as conn, conn.transaction():
             self.lease.check(conn)
-            sealed = Jsonb(seal_json(payload, "durakit_timers.payload", self.thread_id, name))
+            sealed = Jsonb(TIMER_PAYLOAD.seal(payload, self.thread_id, name))
             inserted = conn.execute(
                 INSERT_SQL,
                 {"thread_id": self.thread_id, "name": name, "due_at": due_at, "payload": sealed, "node": node},
@@ -210,7 +210,7 @@ def move(conn: Connection, thread_id: str, name: str, due_at: datetime) -> bool:
 
 def open_payload(stored: Any, thread_id: str, name: str) -> Any:
     """A timer's payload as scheduled, from the stored column (decrypted with a key)."""
-    return open_json(stored, "durakit_timers.payload", thread_id, name)
+    return TIMER_PAYLOAD.open(stored, thread_id, name)
 
 
 INHERIT_SQL = """
@@ -230,7 +230,7 @@ def inherit(conn: Connection, source_thread_id: str, fork_thread_id: str) -> int
     ).fetchall()
     for row in rows:
         payload = open_payload(row["payload"], source_thread_id, row["name"])
-        sealed = Jsonb(seal_json(payload, "durakit_timers.payload", fork_thread_id, row["name"]))
+        sealed = Jsonb(TIMER_PAYLOAD.seal(payload, fork_thread_id, row["name"]))
         conn.execute(INHERIT_SQL, {**row, "thread_id": fork_thread_id, "payload": sealed})
         if row["status"] == "scheduled":
             job_id = jobs.defer_timer(conn, fork_thread_id, row["name"], row["due_at"])

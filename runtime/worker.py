@@ -50,7 +50,8 @@ from durakit import db, jobs, metrics, registry, timers
 from durakit.checkpointers import CONNECT_TIMEOUT_SECONDS, RECONNECT_TIMEOUT_SECONDS
 from durakit.errors import DatabaseUnavailable, InvalidInput, NotFound, ThreadBusy
 from durakit.retries import AUTO_RETRY
-from durakit.runner import Runner, ThreadView
+from durakit.runner import Runner
+from durakit.views import ThreadView
 
 logger = logging.getLogger("durakit.worker")
 
@@ -376,12 +377,12 @@ def describe(outcome: JobOutcome) -> str:
     if outcome.view is None:
         return f"{outcome.job} {outcome.thread_id} ({outcome.what}): nothing to do ({took})"
     view = outcome.view
-    where = view.status
-    if view.status == "waiting" and view.interrupt:
-        if view.interrupt.get("decisions"):
-            where += f" for a decision at {view.interrupt.get('node')}"
-        else:
-            where += f" until {view.interrupt.get('wakes_at')} ({view.interrupt.get('timer')})"
+    where = str(view.status)
+    question = view.question
+    if question is not None and question.for_person:
+        where += f" for a decision at {question.node}"
+    elif question is not None:
+        where += f" until {question.wakes_at} ({question.timer})"
     elif view.retry_at:
         where += f" (next retry at {view.retry_at})"
     return f"{outcome.job} {view.thread_id} [{view.template}] ({outcome.what}): {where} in {took}"

@@ -29,8 +29,10 @@ class BookingSettings(TemplateSettings):
 class BookingRequest(TemplateRequest):
     """A customer's request for an appointment."""
 
-    customer_id: str = Field(pattern=IDENTIFIER)
-    customer_email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")
+    customer_id: str = Field(pattern=IDENTIFIER, description="The customer who books.")
+    customer_email: str = Field(
+        pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$", description="Where confirmations and reminders go."
+    )
     service: str = Field("repair-visit", pattern=IDENTIFIER, description="What is booked (a calendar resource).")
     slot: datetime = Field(description="Requested start, on the hour, in the future, e.g. 2026-12-01T10:00:00Z.")
     payment_method: str = Field("pm_card_visa", pattern=IDENTIFIER, description="Card for the deposit.")

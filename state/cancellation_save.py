@@ -7,7 +7,7 @@ from typing import Literal, TypedDict
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from durakit.judgement import Account, RetentionOffer, Usage
+from durakit.domain import Account, RetentionOffer, Usage
 from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
@@ -29,7 +29,7 @@ class CancellationSettings(TemplateSettings):
 class CancellationRequest(TemplateRequest):
     """A customer asks to cancel their subscription."""
 
-    account_id: str = Field(pattern=IDENTIFIER)
+    account_id: str = Field(pattern=IDENTIFIER, description="The subscription account to cancel.")
     reason: str = Field(min_length=1, max_length=2000, description="Why, in the customer's words.")
     request_id: str | None = Field(None, pattern=IDENTIFIER, description="Identifies the request (default: the account).")
 

@@ -8,7 +8,7 @@ from typing import Literal, TypedDict, get_args
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from durakit.judgement import ConversationSummary, Priority
+from durakit.domain import ConversationSummary, Priority
 from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 
@@ -49,8 +49,10 @@ class EscalationRequest(TemplateRequest):
     """A conversation a first-line agent (or bot) could not resolve."""
 
     conversation_id: str = Field(pattern=IDENTIFIER, description="Identifies the conversation, and so the request.")
-    customer_id: str = Field(pattern=IDENTIFIER)
-    customer_email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")
+    customer_id: str = Field(pattern=IDENTIFIER, description="The customer whose conversation it is.")
+    customer_email: str = Field(
+        pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$", description="Where the customer hears who took the case."
+    )
     subject: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="One line.")
     message: str = Field(min_length=1, max_length=5000, description="The customer's latest message.")
 

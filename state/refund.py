@@ -8,8 +8,7 @@ from typing import Literal, TypedDict
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from durakit.adapters import Order
-from durakit.judgement import RiskAssessment
+from durakit.domain import Order, RiskAssessment
 from durakit.retries import TemplateSettings
 from durakit.templates import IDENTIFIER, HumanAnswer, TemplateRequest
 

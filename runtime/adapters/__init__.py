@@ -9,25 +9,9 @@ own to reach real systems.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from durakit.judgement import Account, Usage
-
-
-class TransientAdapterError(Exception):
-    """The outside system failed in a way that may pass (timeout, 503): retry later."""
-
-
-class Order(TypedDict):
-    order_id: str
-    customer_id: str
-    customer_email: str
-    amount_cents: int
-    currency: str
-    status: str
-    ordered_at: str  # ISO 8601
-    refunded_cents: int
+from durakit.domain import Account, Order, Usage
 
 
 class Billing(Protocol):

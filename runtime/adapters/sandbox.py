@@ -22,8 +22,9 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from durakit.adapters import Order, TransientAdapterError
-from durakit.judgement import Account, Usage
+from durakit.domain import Account, Order, Usage
+from durakit.errors import IdempotencyKeyReused, TransientAdapterError
+from durakit.sqltext import utc_text
 
 RECEIVE_SQL = """
 INSERT INTO sandbox_requests (idempotency_key, system, operation, request)
@@ -38,9 +39,9 @@ UPDATE sandbox_requests SET response = %(response)s, applied = applied + 1
 WHERE idempotency_key = %(key)s
 """
 
-ORDER_SQL = """
+ORDER_SQL = f"""
 SELECT o.order_id, o.customer_id, o.customer_email, o.amount_cents, o.currency, o.status,
-       to_char(o.ordered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS ordered_at,
+       {utc_text('o.ordered_at')} AS ordered_at,
        coalesce((SELECT sum(r.amount_cents) FROM sandbox_refunds r
                  WHERE r.order_id = o.order_id), 0)::bigint AS refunded_cents
 FROM sandbox_orders o WHERE o.order_id = %s
@@ -83,10 +84,6 @@ WHERE resource = %s AND status = 'held' AND slot_start BETWEEN %s AND %s
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class IdempotencyKeyReused(Exception):
-    """The same idempotency key came with a different request body."""
 
 
 class Sandbox:

@@ -11,6 +11,7 @@ from bench.chaos import Soak
 pytestmark = pytest.mark.crash
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_random_kills_lose_nothing_and_repeat_nothing(test_database):
     soak = Soak(threads=16, kill_rate=0.6, parallel=3, latency_ms=20, seed=5, timeout=540)

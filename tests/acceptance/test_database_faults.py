@@ -105,7 +105,7 @@ def check_done_once(database: FaultyDatabase, order_id: str) -> list[str]:
         view = runner.status(thread_id)
         assert (view.status, view.result["outcome"]) == ("completed", "refunded"), view
         assert all(effect["applied"] <= 1 and effect["status"] == "done" for effect in view.effects), view.effects
-        graph = runner._graph(get_template(view.template))
+        graph = runner.engine.graph(get_template(view.template))
         history = list(graph.get_state_history({"configurable": {"thread_id": thread_id}}))
         assert history and all(snapshot.values for snapshot in history[:-1])
         events = [event["kind"] for event in runner.history(thread_id).extra["events"]]

@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from durakit import cli
 from durakit.errors import DurakitError
 from durakit.graphs import TEMPLATES
-from durakit.runner import THREAD_ID_PATTERN, Runner
+from durakit.runner import Runner
 from durakit.templates import IDENTIFIER
+from durakit.validation import THREAD_ID_PATTERN
 from tests.conftest import durakit, future_slot, table_row_counts, unique
 
 EXAMPLES = int(os.environ.get("DURAKIT_HOSTILE_EXAMPLES", "40"))

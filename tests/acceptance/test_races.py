@@ -66,7 +66,7 @@ def test_answering_a_thread_that_is_mid_run_elsewhere_exits_4_and_loses_nothing(
     slow = start("approve", thread_id, "--decision", "approve", "--by", "dana",
                  env={"DURAKIT_SANDBOX_LATENCY_MS": "2500"})
     deadline = time.monotonic() + 30
-    while not runner._row(thread_id)["lease_held"]:
+    while not runner.engine.record(thread_id).lease_held:
         assert time.monotonic() < deadline and slow.poll() is None
         time.sleep(0.05)
     # ... and while it holds the thread, every other command that would advance it is refused.

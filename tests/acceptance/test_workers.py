@@ -29,8 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from durakit import jobs, registry
 from durakit.errors import Conflict, NotFound
-from durakit.runner import Runner, ThreadView
+from durakit.runner import Runner
 from durakit.stats import figures
+from durakit.views import ThreadView
 from tests.conftest import CHILD_TIMEOUT_SECONDS, durakit_json, side_effect_counts
 from tests.fake_openai import FakeOpenAI, answer, status
 from tests.scenarios import (

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from durakit.authority import Authority, NotAuthorized, Rule
-from durakit.errors import InvalidInput
+from durakit.authority import Authority, Rule
+from durakit.errors import InvalidInput, NotAuthorized
 from durakit.runner import Runner
 from tests.conftest import durakit
 

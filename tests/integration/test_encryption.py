@@ -20,16 +20,14 @@ from durakit.encryption import (
     ALLOW_PLAINTEXT_ENV,
     KEY_ENV,
     PREVIOUS_KEYS_ENV,
-    CannotDecrypt,
-    EncryptionKeyInvalid,
     checkpoint_serializer_from_env,
     generate_key,
     rewrap_database,
 )
-from durakit.errors import InvalidInput
+from durakit.errors import CannotDecrypt, EncryptionKeyInvalid, InvalidInput, LedgerMismatch
 from durakit.graphs import get_template
 from durakit.lease import Lease
-from durakit.ledger import EffectLedger, LedgerMismatch
+from durakit.ledger import EffectLedger
 from durakit.runner import Runner
 from tests.conftest import create_database, drop_database, durakit, durakit_json
 from tests.scenarios import SCENARIOS, answer_for, drive, unique
@@ -169,7 +167,7 @@ def test_refund_thread_stores_no_customer_data_in_clear_in_checkpoint_tables(key
     assert types - {"empty"} and all(t.endswith("+aesgcm") for t in types - {"empty"}), types
     assert leaks(conn, CHECKPOINT_TABLES, thread_id, secrets) == {}
     # ... and LangGraph reads the thread back through the same serializer.
-    snapshot = keyed._graph(get_template("refund")).get_state({"configurable": {"thread_id": thread_id}})
+    snapshot = keyed.engine.graph(get_template("refund")).get_state({"configurable": {"thread_id": thread_id}})
     assert snapshot.values["reason"] == secrets[1] and snapshot.values["outcome"] == "refunded"
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import openai
 import pytest
 
-from durakit.adapters import Order
-from durakit.errors import InvalidInput
-from durakit.judgement import Account, Conversation, MalformedAnswer, RulesJudgement, Usage, judgement_from_env
+from durakit.domain import Account, Conversation, Order, Usage
+from durakit.errors import InvalidInput, MalformedAnswer
+from durakit.judgement import RulesJudgement, judgement_from_env
 from durakit.models import ModelJudgement
 from durakit.steps import is_transient
 from tests.fake_openai import FakeOpenAI, Reply, answer, refusal, slow, status, text

@@ -11,9 +11,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from durakit import db
-from durakit.adapters import TransientAdapterError
 from durakit.adapters.sandbox import Sandbox
-from durakit.errors import InvalidInput
+from durakit.errors import InvalidInput, TransientAdapterError
 from durakit.lease import LeaseLost, ThreadLocks
 from durakit.runner import Runner
 from tests.conftest import create_database, drop_database, side_effect_counts, unique

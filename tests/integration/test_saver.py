@@ -19,7 +19,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph import END, START, StateGraph
 
 from durakit.checkpointers import async_postgres_saver, open_async_pool, open_pool, postgres_saver
-from durakit.checkpointers.saver import CheckpointNotFound, HistoryNeeded
+from durakit.errors import CheckpointNotFound, HistoryNeeded
 from durakit.state import MessageLog
 from tests.conftest import unique
 

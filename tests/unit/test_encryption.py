@@ -14,8 +14,6 @@ from durakit.encryption import (
     KEY_ENV,
     PREVIOUS_KEYS_ENV,
     AesGcmCipher,
-    CannotDecrypt,
-    EncryptionKeyInvalid,
     checkpoint_serializer_from_env,
     generate_key,
     open_json,
@@ -24,7 +22,7 @@ from durakit.encryption import (
     seal_json,
     seal_text,
 )
-from durakit.errors import InvalidInput
+from durakit.errors import CannotDecrypt, EncryptionKeyInvalid, InvalidInput
 
 RAW = bytes(range(32))
 

@@ -7,15 +7,14 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from durakit import faults
-from durakit.adapters import TransientAdapterError
 from durakit.db import is_connection_lost, redact
-from durakit.errors import InvalidInput, NotFound
+from durakit.errors import InvalidInput, NotFound, TransientAdapterError
 from durakit.graphs import TEMPLATES, get_template
 from durakit.judgement import RulesJudgement
-from durakit.runner import check_thread_id, parse_request
 from durakit.settings import KitSettings
 from durakit.state.refund import RefundSettings, initial_state
 from durakit.steps import is_transient
+from durakit.validation import check_thread_id, parse_request
 
 REFUND = get_template("refund")
 
