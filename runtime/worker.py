@@ -218,15 +218,16 @@ class Worker:
             each.addFilter(quiet)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        sweeper = None
+        side_tasks: list[asyncio.Task[None]] = []
         try:
             if self.burst:
                 await asyncio.to_thread(self.sweep)  # once: what is ready now includes dead runs
-            sweeper = asyncio.create_task(self._sweep_forever(), name="durakit sweeper")
+            side_tasks = [asyncio.create_task(self._sweep_forever(), name="durakit sweeper"),
+                          asyncio.create_task(self._beat_forever(), name="durakit heartbeat")]
             await self._work_through_outages()
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in side_tasks:
+                task.cancel()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             for each in quieted:
@@ -332,7 +333,6 @@ class Worker:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                await self._beat()
                 await asyncio.to_thread(self.sweep)
             except Exception as exc:  # a lost database must not kill the worker; the next sweep tries again
                 if not is_database_loss(exc):
@@ -343,14 +343,22 @@ class Worker:
             if self._procrastinate is not None:
                 self.watch.back()  # the database answers and procrastinate's worker runs
 
-    async def _beat(self) -> None:
+    async def _beat_forever(self) -> None:
         """Beat for procrastinate's worker as long as it is registered. It stops its own
         heartbeat as soon as it stops taking jobs (a burst worker whose queue ran dry, a
         worker told to stop) and then waits for the jobs it runs: without this, those
-        would be handed back, by this worker's own sweep too, while they still run."""
-        worker = self._procrastinate
-        if worker is not None and worker.worker_id is not None:
-            await self.app.job_manager.update_heartbeat(worker.worker_id)
+        would be handed back, by this worker's own sweep too, while they still run. On the
+        event loop, not in the job threads, so a worker whose threads are all busy still beats."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            worker = self._procrastinate
+            if worker is None or worker.worker_id is None:
+                continue
+            try:
+                await self.app.job_manager.update_heartbeat(worker.worker_id)
+            except Exception as exc:  # the sweep says when the database is away
+                if not is_database_loss(exc):
+                    logger.exception("heartbeat failed")
 
     def sweep(self) -> tuple[int, int]:
         """Hand back the jobs of silent workers, queue a run of each thread whose process
