@@ -431,7 +431,7 @@ def test_a_burst_worker_beats_on_while_its_last_job_runs(runner, conn, workers):
     hands the job back while it runs and the thread is run a second time."""
     request, _ = refund_setup(runner)
     thread_id = runner.submit("refund", request).thread_id
-    burst = workers("--burst", "--stalled-after", "1", env={"DURAKIT_SANDBOX_LATENCY_MS": "1000"})
+    burst = workers("--burst", env={"DURAKIT_SANDBOX_LATENCY_MS": "1500"})  # a run of 3 s or more: past --stalled-after 2
     seen: list[str] = []  # the job's status, as the worker's sweeps see it
     while burst.process.poll() is None:
         row = conn.execute("SELECT status FROM procrastinate_jobs WHERE lock = %s", (thread_id,)).fetchone()
